@@ -1,0 +1,575 @@
+"""The training loop: one loop for the reference and the learner, selectors plugged in.
+
+Launch:
+
+    jestkit train --config quick --out runs/quick                      # JEST on the embedded scenes
+    jestkit train --config quick --out runs/quick --resume latest      # continue after a crash
+    jestkit train --config reference --out runs/ref                    # uniform on the curated split
+    jestkit train --config scenes --out runs/u selection.method=uniform train.steps=2000
+    torchrun --standalone --nproc_per_node 2 -m jestkit.train --config quick --out runs/ddp
+
+Each step: draw a super-batch of N = b / (1 - f); embed it with the learner (no grad, at the
+scoring patch size) and look the reference up in its cache; select b examples; take one optimizer
+step on them (a `train.multires_fraction` share at the low-resolution patch size); account FLOPs;
+log one JSON line. The last line of `metrics.jsonl` holds the final evaluation and is identical
+between an uninterrupted run and a resumed one (it carries no wall-clock fields).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jestkit import rng
+from jestkit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from jestkit.config import RunConfig, list_presets, load_config, validate
+from jestkit.data import ReferenceCache, SuperBatchLoader, load_manifest
+from jestkit.distributed import World, init_from_env, resolve_device
+from jestkit.errors import JestkitError, check
+from jestkit.evaluate import Evaluator
+from jestkit.flops import FlopLedger, forward_flops
+from jestkit.losses import siglip_loss
+from jestkit.metrics import MetricsWriter, ProgressBar
+from jestkit.models import DualEncoder, Tokenizer, create_model, load_pretrained
+from jestkit.scoring import Embeddings
+from jestkit.selection import Selector, make_selector, selection_stats
+from jestkit.workspace import ensure_dataset, ensure_reference, ensure_reference_cache, split_dir
+
+# Keys of the config that may change on resume without changing the run (everything else must match).
+RESUMABLE_KEYS = {
+    ("train", "steps"),
+    ("train", "progress"),
+    ("train", "tensorboard"),
+    ("train", "eval_every"),
+    ("train", "checkpoint_every"),
+    ("train", "keep_checkpoints"),
+    ("train", "device"),
+    ("data", "num_workers"),
+}
+
+
+@dataclass
+class Scorer:
+    """What the selector scores with: the learner at `patch_size` and the reference's source."""
+
+    patch_size: int | None
+    reference_cache: ReferenceCache | None
+    reference_model: DualEncoder | None
+    reference_tokenizer: Tokenizer | None
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks of the loop (small, so the loop itself reads top to bottom)
+
+
+def build_selector(cfg: RunConfig) -> Selector:
+    s = cfg.selection
+    if s.method == "uniform":
+        return make_selector("uniform")
+    if s.method == "independent":
+        return make_selector(
+            "independent",
+            criterion=s.criterion,
+            temperature=s.temperature,
+            method=s.independent_method,
+            score_mode=s.score_mode,
+        )
+    return make_selector(
+        "jest", criterion=s.criterion, n_chunks=s.n_chunks, temperature=s.temperature
+    )
+
+
+def patch_sizes_for(cfg: RunConfig, model: DualEncoder) -> tuple[int | None, int | None]:
+    """(scoring patch size, low-resolution training patch size); None = full resolution."""
+    sizes = tuple(model.patch_sizes)
+    low = sizes[-1] if sizes else None
+    score = cfg.selection.score_patch_size or None
+    if cfg.selection.method == "flexi-jest" and score is None:
+        score = low
+    if score is not None:
+        check(
+            score in sizes,
+            f"selection.score_patch_size={score} is not one of the model's "
+            f"patch sizes {list(sizes)}",
+        )
+    if cfg.train.multires_fraction > 0:
+        check(
+            low is not None and len(sizes) > 1,
+            f"train.multires_fraction={cfg.train.multires_fraction} needs a FlexiViT with two or "
+            f"more patch sizes; model {cfg.model.name!r} has {list(sizes)}",
+        )
+    if score == (sizes[0] if sizes else None):
+        score = None
+    return score, low
+
+
+def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms, embeddings' scale/bias and 1-d parameters."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "logit_" in name else decay).append(p)
+    o = cfg.optim
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": o.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=o.lr,
+        betas=(o.beta1, o.beta2),
+        eps=o.eps,
+    )
+
+
+def lr_at(cfg: RunConfig, step: int) -> float:
+    """Linear warmup then cosine decay to `min_lr_ratio * lr`; `step` counts finished updates."""
+    o, total = cfg.optim, cfg.train.steps
+    if o.warmup_steps and step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def embed(
+    model: DualEncoder,
+    tokenizer: Tokenizer,
+    images: torch.Tensor,
+    captions: list[str],
+    patch_size: int | None,
+    device: torch.device,
+    autocast,
+) -> Embeddings:
+    """No-grad embeddings of a super-batch, in float32 whatever the autocast dtype."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), autocast():
+        e = model.embeddings(
+            images.to(device, non_blocking=True),
+            tokenizer(captions).to(device),
+            patch_size=patch_size,
+        )
+    model.train(was_training)
+    return Embeddings(e.image.float(), e.text.float(), e.scale.float(), e.bias.float())
+
+
+def config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    diffs = []
+    for section, values in current.items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            if (section, key) in RESUMABLE_KEYS:
+                continue
+            old = saved.get(section, {}).get(key)
+            if old != value:
+                diffs.append(f"{section}.{key}: checkpoint {old!r}, now {value!r}")
+    return diffs
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT ask the loop to checkpoint and exit after the current step."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals cannot be caught here
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C aborts at once
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(
+    cfg: RunConfig, out_dir: str | Path, resume: str | None = None, world: World | None = None
+) -> dict[str, Any]:
+    """Train per `cfg` into `out_dir`; returns the final record (the last line of metrics.jsonl)."""
+    cfg = validate(cfg)
+    world = world or init_from_env()
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise JestkitError(f"--out {str(out)!r}: cannot create the output folder ({e})") from e
+    device = resolve_device(cfg.train.device, world)
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+        if cfg.train.precision == "bf16" and device.type == "cuda"
+        else nullcontext
+    )
+    b, n_super = cfg.train.batch_size, cfg.super_batch_size
+
+    # Data: the embedded dataset is prepared on first use, in the cache folder.
+    dataset_dir = ensure_dataset(cfg.data, verbose=world.is_main)
+    manifest = load_manifest(dataset_dir)
+    train_dir = split_dir(dataset_dir, manifest, cfg.data.train_split)
+
+    # Model and tokenizer: fresh, or from the checkpoint we resume.
+    ckpt = _resume_path(out, resume)
+    if ckpt is not None:
+        model, tokenizer, state = load_checkpoint(ckpt, device=device)
+        diffs = config_mismatch(state["config"], cfg.to_dict())
+        check(
+            not diffs, f"--resume {str(ckpt)!r} was written by another config: " + "; ".join(diffs)
+        )
+    else:
+        loader_for_captions = SuperBatchLoader(train_dir, batch_size=1, seed=cfg.train.seed)
+        tokenizer = Tokenizer.train(
+            loader_for_captions.captions(),
+            vocab_size=cfg.model.vocab_size,
+            context_length=cfg.model.context_length,
+        )
+        torch.manual_seed(rng.derive_seed(cfg.train.seed, "init"))
+        model = create_model(
+            cfg.model.name,
+            image_size=manifest["image_size"],
+            in_channels=manifest["in_channels"],
+            vocab_size=tokenizer.vocab_size,
+            context_length=tokenizer.context_length,
+            **cfg.model.overrides,
+        )
+        state = None
+    model.to(device).train()
+    score_patch, low_patch = patch_sizes_for(cfg, model)
+
+    # Selection and its reference: cached embeddings (default) or an online reference model.
+    selector = build_selector(cfg)
+    scorer = Scorer(score_patch, None, None, None)
+    ledger = FlopLedger()
+    if selector.needs_reference:
+        ref_dir = ensure_reference(cfg, dataset_dir, verbose=world.is_main)
+        if cfg.selection.reference_cache == "online":
+            scorer.reference_model, scorer.reference_tokenizer = load_pretrained(
+                ref_dir, device=device
+            )
+        else:
+            cache_dir = ensure_reference_cache(cfg, ref_dir, dataset_dir, verbose=world.is_main)
+            scorer.reference_cache = ReferenceCache.open(cache_dir)
+
+    loader = SuperBatchLoader(
+        train_dir,
+        batch_size=n_super,
+        seed=cfg.train.seed,
+        rank=world.rank,
+        world_size=world.world_size,
+        num_workers=cfg.data.num_workers,
+        in_memory=cfg.data.in_memory,
+    )
+    optimizer = make_optimizer(cfg, model)
+    start_step = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        loader.load_state_dict(state["loader"])
+        ledger.load_state_dict(state["ledger"])
+        start_step = int(state["step"])
+    elif scorer.reference_cache is not None:
+        # Building the cache ran the reference over the whole pool once: charge it at step 0.
+        ref_fwd = scorer.reference_cache.forward_flops_per_example
+        ledger.add(0, reference=ref_fwd * scorer.reference_cache.count)
+
+    evaluator = (
+        Evaluator(dataset_dir, tokenizer, device, max_examples=cfg.train.eval_max_examples or None)
+        if world.is_main and cfg.train.eval_every
+        else None
+    )
+    metrics = (
+        MetricsWriter(
+            out / "metrics.jsonl",
+            truncate_after_step=start_step if ckpt else -1,
+            tensorboard_dir=(out / "tensorboard") if cfg.train.tensorboard else None,
+        )
+        if world.is_main
+        else None
+    )
+    if world.is_main:
+        (out / "config.json").write_text(cfg.to_json())
+
+    fwd_full = forward_flops(model)
+    fwd_score = forward_flops(model, patch_size=score_patch)
+    fwd_low = forward_flops(model, patch_size=low_patch) if low_patch else fwd_full
+    fwd_ref = forward_flops(scorer.reference_model) if scorer.reference_model is not None else None
+    n_low = round(b * cfg.train.multires_fraction)
+
+    def checkpoint(step: int) -> Path | None:
+        if not world.is_main:
+            return None
+        return save_checkpoint(
+            out,
+            step,
+            model,
+            tokenizer,
+            {
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "loader": loader.state_dict(),
+                "ledger": ledger.state_dict(),
+                "config": cfg.to_dict(),
+            },
+            keep_last=cfg.train.keep_checkpoints,
+        )
+
+    def evaluate(step: int) -> dict[str, float]:
+        return {f"eval/{k}": v for k, v in evaluator(model).items()} if evaluator else {}
+
+    record: dict[str, Any] = {}
+    if start_step == 0 and evaluator is not None:
+        record = {"step": 0, **evaluate(0), "world_size": world.world_size}
+        metrics.write(record)
+    last_eval = {k: v for k, v in record.items() if k.startswith("eval/")}
+
+    bar = ProgressBar(
+        total=cfg.train.steps,
+        initial=start_step,
+        desc=cfg.name,
+        disable=not (cfg.train.progress and world.is_main),
+    )
+    batches = iter(loader)
+    t_start = time.perf_counter()
+    with _StopFlag() as stop:
+        for step in range(start_step, cfg.train.steps):
+            t0 = time.perf_counter()
+            lr = lr_at(cfg, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            # 1. Draw a super-batch and select b examples from it.
+            batch = next(batches)
+            learner_emb = reference_emb = None
+            if selector.needs_learner:
+                learner_emb = embed(
+                    model,
+                    tokenizer,
+                    batch.images,
+                    batch.captions,
+                    scorer.patch_size,
+                    device,
+                    autocast,
+                )
+                ledger.add(
+                    step + 1, learner_score=n_super * (fwd_score["image"] + fwd_score["text"])
+                )
+            if selector.needs_reference:
+                if scorer.reference_cache is not None:
+                    reference_emb = scorer.reference_cache.lookup(batch.uids, device=device)
+                else:
+                    reference_emb = embed(
+                        scorer.reference_model,
+                        scorer.reference_tokenizer,
+                        batch.images,
+                        batch.captions,
+                        None,
+                        device,
+                        autocast,
+                    )
+                    ledger.add(step + 1, reference=n_super * (fwd_ref["image"] + fwd_ref["text"]))
+            generator = rng.generator(cfg.train.seed, "select", step, world.rank, device=device)
+            try:
+                idx, sel_stats = selector.select(
+                    learner_emb, reference_emb, b, generator, n=len(batch)
+                )
+            except JestkitError as e:
+                if learner_emb is not None and not torch.isfinite(learner_emb.image).all():
+                    raise JestkitError(
+                        f"non-finite learner embeddings at step {step + 1}: the "
+                        f"model diverged; last good checkpoint: "
+                        f"{latest_checkpoint(out)}"
+                    ) from e
+                raise
+            if learner_emb is not None and reference_emb is not None:
+                sel_stats = {
+                    **selection_stats(learner_emb, reference_emb, idx, cfg.selection.criterion),
+                    **sel_stats,
+                }
+            idx = idx.sort().values.cpu()  # position in the super-batch is already random
+            chosen = batch.index(idx)
+
+            # 2. One optimizer step on the selection (the first n_low at the low resolution).
+            images = chosen.images.to(device, non_blocking=True)
+            tokens = tokenizer(chosen.captions).to(device, non_blocking=True)
+            with autocast():
+                img = model.encode_image(images[:n_low], patch_size=low_patch) if n_low else None
+                img_full = model.encode_image(images[n_low:]) if n_low < b else None
+                img = (
+                    img_full
+                    if img is None
+                    else (img if img_full is None else torch.cat([img, img_full]))
+                )
+                txt = model.encode_text(tokens)
+                loss = siglip_loss(
+                    img.float(), txt.float(), model.logit_scale.exp(), model.logit_bias
+                )
+            if not torch.isfinite(loss):
+                msg = f"non-finite loss ({loss.item()}) at step {step + 1}"
+                if cfg.train.nonfinite == "skip":
+                    print(f"warning: {msg}; step skipped", file=sys.stderr)
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
+                raise JestkitError(
+                    f"{msg}; stopped. Last good checkpoint: {latest_checkpoint(out)}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+            )
+            optimizer.step()
+            ledger.add(
+                step + 1,
+                learner_train=3
+                * (
+                    n_low * fwd_low["image"]
+                    + (b - n_low) * fwd_full["image"]
+                    + b * fwd_full["text"]
+                ),
+            )
+            done = step + 1
+
+            # 3. Log, evaluate, checkpoint.
+            noise = np.asarray(chosen.meta.get("noise", np.array([""] * b)))
+            pool_noise = np.asarray(batch.meta.get("noise", np.array([""] * len(batch))))
+            record = {
+                "step": done,
+                "loss": loss.item(),
+                "lr": lr,
+                "grad_norm": float(grad_norm),
+                "logit_scale": model.logit_scale.exp().item(),
+                "logit_bias": model.logit_bias.item(),
+                "examples_seen": done * b * world.world_size,
+                "super_batch_examples": done * n_super * world.world_size,
+                "noisy_selected_frac": float((noise != "").mean()),
+                "noisy_pool_frac": float((pool_noise != "").mean()),
+                **{f"sel/{k}": v for k, v in sel_stats.items()},
+                **{f"flops/{k}": v for k, v in ledger.totals().items()},
+                "world_size": world.world_size,
+                "step_time": time.perf_counter() - t0,
+                "time": time.perf_counter() - t_start,
+            }
+            is_last = done == cfg.train.steps
+            if evaluator is not None and (done % cfg.train.eval_every == 0 or is_last):
+                last_eval = evaluate(done)
+                record.update(last_eval)
+            if metrics is not None and (
+                done % cfg.train.log_every == 0 or is_last or last_eval is record
+            ):
+                metrics.write(record)
+            bar.update(
+                loss=record["loss"],
+                **{k: v for k, v in last_eval.items() if k.endswith("retrieval_r1")},
+            )
+            if (
+                is_last
+                or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0)
+                or stop.requested
+            ):
+                checkpoint(done)
+            if stop.requested and not is_last:
+                bar.close()
+                if world.is_main:
+                    print(
+                        f"{stop.requested}: checkpoint saved at step {done}; resume with --resume latest",
+                        file=sys.stderr,
+                    )
+                return {"step": done, "interrupted": stop.requested}
+    bar.close()
+
+    # The final record: deterministic (no wall clock), identical for resumed and uninterrupted runs.
+    final = {
+        "step": cfg.train.steps,
+        "final": True,
+        **last_eval,
+        "examples_seen": cfg.train.steps * b * world.world_size,
+        **{f"flops/{k}": v for k, v in ledger.totals().items()},
+        "world_size": world.world_size,
+    }
+    if metrics is not None:
+        metrics.write(final)
+        metrics.close()
+    return final
+
+
+def _resume_path(out: Path, resume: str | None) -> Path | None:
+    if not resume:
+        if latest_checkpoint(out) is not None:
+            raise JestkitError(
+                f"--out {str(out)!r} already holds checkpoints: pass --resume latest to "
+                f"continue that run, or choose another --out"
+            )
+        return None
+    if resume == "latest":
+        return latest_checkpoint(out)  # None: nothing to resume yet, start fresh
+    path = Path(resume)
+    check(path.is_dir(), f"--resume {resume!r}: no such checkpoint folder")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="quick", help=f"preset: {', '.join(list_presets())}")
+    parser.add_argument("--out", required=True, help="run folder (metrics.jsonl, checkpoints/)")
+    parser.add_argument(
+        "--resume",
+        default=None,
+        help="'latest' to continue the run in --out (fresh start if none), or a checkpoint folder",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="config overrides, e.g. selection.filter_ratio=0.9 train.steps=500",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    final = train(cfg, args.out, resume=args.resume)
+    if final.get("interrupted"):
+        return 0
+    evals = {k: round(v, 4) for k, v in final.items() if k.startswith("eval/")}
+    print(f"done: {cfg.name} {final['step']} steps -> {args.out}  {evals}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jestkit.train", description=__doc__.splitlines()[0]
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except JestkitError as e:
+        print(f"jestkit train: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
