@@ -18,6 +18,7 @@ between an uninterrupted run and a resumed one (it carries no wall-clock fields)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import signal
 import sys
@@ -33,16 +34,31 @@ import torch
 from jestkit import rng
 from jestkit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from jestkit.config import RunConfig, list_presets, load_config, validate
-from jestkit.data import ReferenceCache, SuperBatchLoader, load_manifest
+from jestkit.data import (
+    ReferenceCache,
+    SuperBatch,
+    SuperBatchLoader,
+    build_index,
+    data_fingerprint,
+    load_manifest,
+    uid_to_int,
+)
+from jestkit.data.loader import read_captions
 from jestkit.distributed import World, init_from_env, resolve_device
 from jestkit.errors import JestkitError, check
 from jestkit.evaluate import Evaluator
 from jestkit.flops import FlopLedger, forward_flops
 from jestkit.losses import siglip_loss
 from jestkit.metrics import MetricsWriter, ProgressBar
-from jestkit.models import DualEncoder, Tokenizer, create_model, load_pretrained
+from jestkit.models import (
+    DualEncoder,
+    Tokenizer,
+    create_model,
+    load_pretrained,
+    model_fingerprint,
+)
 from jestkit.scoring import Embeddings
-from jestkit.selection import Selector, make_selector, selection_stats
+from jestkit.selection import Selector, make_selector
 from jestkit.workspace import ensure_dataset, ensure_reference, ensure_reference_cache, split_dir
 
 # Keys of the config that may change on resume without changing the run (everything else must match).
@@ -66,6 +82,28 @@ class Scorer:
     reference_cache: ReferenceCache | None
     reference_model: DualEncoder | None
     reference_tokenizer: Tokenizer | None
+
+
+class CaptionTokens:
+    """Every caption of a split tokenised once, looked up by uid (vectorised).
+
+    Captions never change, so re-tokenising each super-batch (tens of ms for thousands of
+    captions) is wasted work; this is the in-memory fast path, the tokenizer the fallback.
+    """
+
+    def __init__(self, split_dir: Path, tokenizer: Tokenizer):
+        index = build_index(split_dir, progress=False)
+        self.tokens = tokenizer(index.read_captions())
+        self.order = np.argsort(index.uid, kind="stable")
+        self.sorted_uids = index.uid[self.order]
+
+    def __call__(self, uids: list[str]) -> torch.Tensor:
+        ids = uid_to_int(uids)
+        pos = np.searchsorted(self.sorted_uids, ids).clip(0, len(self.sorted_uids) - 1)
+        check(
+            bool((self.sorted_uids[pos] == ids).all()), "caption tokens: a uid is not in the split"
+        )
+        return self.tokens[torch.from_numpy(self.order[pos])]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,9 +181,8 @@ def lr_at(cfg: RunConfig, step: int) -> float:
 
 def embed(
     model: DualEncoder,
-    tokenizer: Tokenizer,
     images: torch.Tensor,
-    captions: list[str],
+    tokens: torch.Tensor,
     patch_size: int | None,
     device: torch.device,
     autocast,
@@ -156,7 +193,7 @@ def embed(
     with torch.no_grad(), autocast():
         e = model.embeddings(
             images.to(device, non_blocking=True),
-            tokenizer(captions).to(device),
+            tokens.to(device, non_blocking=True),
             patch_size=patch_size,
         )
     model.train(was_training)
@@ -186,10 +223,9 @@ class _StopFlag:
 
     def __enter__(self) -> _StopFlag:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            # Outside the main thread signals cannot be caught: then the default handlers stay.
+            with contextlib.suppress(ValueError):
                 self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: signals cannot be caught here
-                pass
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -239,9 +275,8 @@ def train(
             not diffs, f"--resume {str(ckpt)!r} was written by another config: " + "; ".join(diffs)
         )
     else:
-        loader_for_captions = SuperBatchLoader(train_dir, batch_size=1, seed=cfg.train.seed)
         tokenizer = Tokenizer.train(
-            loader_for_captions.captions(),
+            read_captions(train_dir),
             vocab_size=cfg.model.vocab_size,
             context_length=cfg.model.context_length,
         )
@@ -270,7 +305,16 @@ def train(
             )
         else:
             cache_dir = ensure_reference_cache(cfg, ref_dir, dataset_dir, verbose=world.is_main)
-            scorer.reference_cache = ReferenceCache.open(cache_dir)
+            # Refuse a cache built by another reference or over other data.
+            scorer.reference_cache = ReferenceCache.open(
+                cache_dir,
+                model_fingerprint=model_fingerprint(load_pretrained(ref_dir)[0]),
+            )
+            check(
+                scorer.reference_cache.covers(train_dir),
+                f"selection.reference_cache={str(cache_dir)!r} was not built over the training "
+                f"split {str(train_dir)!r} (data fingerprint {data_fingerprint(train_dir)})",
+            )
 
     loader = SuperBatchLoader(
         train_dir,
@@ -281,6 +325,11 @@ def train(
         num_workers=cfg.data.num_workers,
         in_memory=cfg.data.in_memory,
     )
+    tokens_of = CaptionTokens(train_dir, tokenizer) if cfg.data.in_memory else None
+
+    def tokenize(batch: SuperBatch) -> torch.Tensor:
+        return tokens_of(batch.uids) if tokens_of is not None else tokenizer(batch.captions)
+
     optimizer = make_optimizer(cfg, model)
     start_step = 0
     if state is not None:
@@ -364,9 +413,8 @@ def train(
             if selector.needs_learner:
                 learner_emb = embed(
                     model,
-                    tokenizer,
                     batch.images,
-                    batch.captions,
+                    tokenize(batch),
                     scorer.patch_size,
                     device,
                     autocast,
@@ -380,9 +428,8 @@ def train(
                 else:
                     reference_emb = embed(
                         scorer.reference_model,
-                        scorer.reference_tokenizer,
                         batch.images,
-                        batch.captions,
+                        scorer.reference_tokenizer(batch.captions),
                         None,
                         device,
                         autocast,
@@ -401,17 +448,12 @@ def train(
                         f"{latest_checkpoint(out)}"
                     ) from e
                 raise
-            if learner_emb is not None and reference_emb is not None:
-                sel_stats = {
-                    **selection_stats(learner_emb, reference_emb, idx, cfg.selection.criterion),
-                    **sel_stats,
-                }
             idx = idx.sort().values.cpu()  # position in the super-batch is already random
             chosen = batch.index(idx)
 
             # 2. One optimizer step on the selection (the first n_low at the low resolution).
             images = chosen.images.to(device, non_blocking=True)
-            tokens = tokenizer(chosen.captions).to(device, non_blocking=True)
+            tokens = tokenize(chosen).to(device, non_blocking=True)
             with autocast():
                 img = model.encode_image(images[:n_low], patch_size=low_patch) if n_low else None
                 img_full = model.encode_image(images[n_low:]) if n_low < b else None
