@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("jestkit.train", "train a learner (or a reference) with a selector"),
     "eval": ("jestkit.evaluate", "evaluate a checkpoint: retrieval and zero-shot classification"),
     "reproduce": ("jestkit.reproduce", "reproduce the paper's claims on the embedded dataset"),
+    "report": ("jestkit.report", "write report.md/report.json/plots for a reproduce suite folder"),
     "flops": ("jestkit.flops", "print analytic FLOPs of a registered model"),
     "bench": ("jestkit.benchmarks", "run a benchmark: selection | models | data"),
 }
