@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 
@@ -43,7 +44,7 @@ def test_jest_run_end_to_end(tmp_path):
     parts = sum(last[f"flops/{k}"] for k in ("learner_train", "learner_score", "reference"))
     assert last["flops/total"] == parts
     train_flops = [r["flops/learner_train"] for r in steps]
-    assert all(b - a == train_flops[0] for a, b in zip(train_flops, train_flops[1:], strict=False))
+    assert all(b - a == train_flops[0] for a, b in itertools.pairwise(train_flops))
     # Every step selects b examples out of N = b / (1 - f) and the ledger counts N scored.
     assert last["examples_seen"] == 40 * 32 and last["super_batch_examples"] == 40 * 160
     # The eval metric improves over the initialisation (step-0 evaluation).
@@ -96,7 +97,7 @@ def test_lr_schedule_warmup_then_cosine():
     lrs = [lr_at(cfg, s) for s in range(110)]
     assert lrs[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
     assert lrs[10] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
     assert lrs[-1] < 0.01
 
 
@@ -120,7 +121,7 @@ def test_bad_config_values(overrides, message):
 
 
 def test_unknown_preset_lists_known():
-    with pytest.raises(JestkitError, match="known presets: .*quick"):
+    with pytest.raises(JestkitError, match=r"known presets: .*quick"):
         load_config("qiuck")
 
 
@@ -152,7 +153,7 @@ def test_nonfinite_loss_stops_with_step(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_mod, "siglip_loss", poisoned)
     out = tmp_path / "nan"
-    with pytest.raises(JestkitError, match="non-finite loss .* at step 15.*step-00000010"):
+    with pytest.raises(JestkitError, match=r"non-finite loss .* at step 15.*step-00000010"):
         train(debug("train.checkpoint_every=10"), out)
     # The last good checkpoint is kept; the broken step is not written.
     assert [p.name for p in list_checkpoints(out)] == [checkpoint_name(10)]
