@@ -97,7 +97,7 @@ def test_lr_schedule_warmup_then_cosine():
     lrs = [lr_at(cfg, s) for s in range(110)]
     assert lrs[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
     assert lrs[10] == pytest.approx(1.0)
-    assert all(a >= b for a, b in itertools.pairwise(lrs))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
     assert lrs[-1] < 0.01
 
 
