@@ -15,15 +15,24 @@ from jestkit.errors import JestkitError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("jestkit.data.prepare", "build the embedded dataset: pool, curated and eval shards"),
-    "make-shards": ("jestkit.data.make_shards", "convert a CSV/TSV/JSONL/parquet of images+captions to shards"),
-    "cache-ref": ("jestkit.data.reference_cache", "cache a reference model's embeddings over shards"),
+    "prepare": (
+        "jestkit.data.prepare",
+        "build the embedded dataset: pool, curated and eval shards",
+    ),
+    "make-shards": (
+        "jestkit.data.make_shards",
+        "convert a CSV/TSV/JSONL/parquet of images+captions to shards",
+    ),
+    "cache-ref": (
+        "jestkit.data.reference_cache",
+        "cache a reference model's embeddings over shards",
+    ),
     "train": ("jestkit.train", "train a learner (or a reference) with a selector"),
     "eval": ("jestkit.evaluate", "evaluate a checkpoint: retrieval and zero-shot classification"),
     "reproduce": ("jestkit.reproduce", "reproduce the paper's claims on the embedded dataset"),
     "report": ("jestkit.report", "write report.md/report.json/plots for a reproduce suite folder"),
     "flops": ("jestkit.flops", "print analytic FLOPs of a registered model"),
-    "bench": ("jestkit.benchmarks", "run a benchmark: selection | models | data"),
+    "bench": ("jestkit.benchmarks", "run a benchmark: selection | models | data | overhead"),
 }
 
 

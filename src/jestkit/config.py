@@ -32,6 +32,7 @@ class DataConfig:
     data_seed: int = 0  # seed of `prepare` (the data), distinct from the training seed
     pool_size: int = 60000
     hard_negative_density: float = -1.0  # < 0: the recipe's default
+    noise: dict[str, float] = field(default_factory=dict)  # per-kind rates over the recipe's
     train_split: str = "pool"
     in_memory: bool = True  # decode the split once; the fast path for datasets that fit in RAM
     num_workers: int = 0
@@ -58,6 +59,7 @@ class SelectionConfig:
     temperature: float = 1.0
     independent_method: str = "softmax"  # softmax | topk
     score_mode: str = "diagonal"  # independent per-example score: diagonal | rowcol
+    score_batch_size: int = 256  # embed the super-batch in chunks of this many (0: at once)
     score_patch_size: int = 0  # 0: full resolution; flexi-jest defaults to the largest patch size
     # Score with a learner snapshot refreshed every k steps (1: the live learner).
     scorer_refresh: int = 1

@@ -234,7 +234,7 @@ def plan_suite(size: SuiteSize, seeds: int | None = None) -> list[RunSpec]:
                     tags=tag,
                     reference=None if method == "uniform" else "reference-curated",
                 )
-        tag = {"sweep": "bias_init", "init_logit_bias": 0.0}
+        tag = {"sweep": "bias_init", "bias_init": 0.0}
         learner(
             "uniform-bias0",
             n_side,

@@ -186,18 +186,32 @@ def embed(
     patch_size: int | None,
     device: torch.device,
     autocast,
+    chunk: int = 0,
 ) -> Embeddings:
-    """No-grad embeddings of a super-batch, in float32 whatever the autocast dtype."""
+    """No-grad embeddings of a super-batch, in float32 whatever the autocast dtype.
+
+    `chunk` > 0 embeds that many examples per call: on CPU, calls of a few hundred examples
+    stay in cache and run ~1.5x faster per example than one call over thousands.
+    """
     was_training = model.training
     model.eval()
+    step = chunk if chunk > 0 else len(images)
+    parts = []
     with torch.no_grad(), autocast():
-        e = model.embeddings(
-            images.to(device, non_blocking=True),
-            tokens.to(device, non_blocking=True),
-            patch_size=patch_size,
-        )
+        for i in range(0, len(images), step):
+            e = model.embeddings(
+                images[i : i + step].to(device, non_blocking=True),
+                tokens[i : i + step].to(device, non_blocking=True),
+                patch_size=patch_size,
+            )
+            parts.append((e.image.float(), e.text.float()))
     model.train(was_training)
-    return Embeddings(e.image.float(), e.text.float(), e.scale.float(), e.bias.float())
+    return Embeddings(
+        torch.cat([p[0] for p in parts]),
+        torch.cat([p[1] for p in parts]),
+        e.scale.float(),
+        e.bias.float(),
+    )
 
 
 def config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -418,6 +432,7 @@ def train(
                     scorer.patch_size,
                     device,
                     autocast,
+                    cfg.selection.score_batch_size,
                 )
                 ledger.add(
                     step + 1, learner_score=n_super * (fwd_score["image"] + fwd_score["text"])
@@ -433,6 +448,7 @@ def train(
                         None,
                         device,
                         autocast,
+                        cfg.selection.score_batch_size,
                     )
                     ledger.add(step + 1, reference=n_super * (fwd_ref["image"] + fwd_ref["text"]))
             generator = rng.generator(cfg.train.seed, "select", step, world.rank, device=device)

@@ -54,6 +54,8 @@ def ensure_dataset(data: DataConfig, verbose: bool = True) -> Path:
     options: dict[str, Any] = {"pool_size": data.pool_size}
     if data.hard_negative_density >= 0:
         options["hard_negative_density"] = data.hard_negative_density
+    if data.noise:
+        options["noise"] = dict(data.noise)
     key = _key({"dataset": data.dataset, "recipe": data.recipe, "seed": data.data_seed, **options})
     path = cache_root() / "datasets" / f"{data.dataset}-{data.recipe}-{key}"
     if not (path / "dataset.json").is_file():

@@ -14,6 +14,7 @@ BENCHMARKS = {
     "selection": "jestkit.benchmarks.selection",
     "models": "jestkit.benchmarks.models",
     "data": "jestkit.benchmarks.data",
+    "overhead": "jestkit.benchmarks.overhead",
 }
 
 

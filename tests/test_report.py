@@ -1,0 +1,511 @@
+"""The reproduction report against a synthetic suite folder with known curves.
+
+Every expected number is recomputed here from the curves the test wrote, with plain loops, and
+compared with report.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from jestkit.errors import JestkitError
+from jestkit.report import build_report, mean_std, median_high
+
+METRIC = "eval/retrieval_r1"
+EVAL_EVERY = 100
+LOG_EVERY = 20
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def curve(spec: dict, step: int, offset: float) -> float:
+    """A saturating learning curve (with an optional mid-run bump, so that a run can reach its
+    final value before its last step): what the fake runs 'measured' at each evaluated step."""
+    bump = spec.get("bump", 0.0) * math.sin(math.pi * step / spec["steps"])
+    return (
+        spec["top"] * (1.0 - math.exp(-step / spec["tau"])) + offset * min(1.0, step / 200) + bump
+    )
+
+
+# name: suite.json fields + the curve (tau, top), per-seed offsets, FLOPs per step, one-off FLOPs
+MLP = dict(family="mlp", batch_size=256, steps=1000, kind="learner")
+VIT = dict(family="vit", batch_size=256, steps=800, kind="learner")
+CUR = "reference-curated"
+SPECS: dict[str, dict] = {
+    "reference-curated": dict(
+        family="mlp", batch_size=256, steps=600, kind="reference", baseline=None, reference=None,
+        selection="uniform", criterion="learnability", filter_ratio=0.8,
+        tau=150, top=0.20, offsets=[0.0], flops=3e9, once=0,
+    ),
+    "reference-uncurated": dict(
+        family="mlp", batch_size=256, steps=600, kind="reference", baseline=None, reference=None,
+        selection="uniform", criterion="learnability", filter_ratio=0.8,
+        tau=150, top=0.12, offsets=[0.0], flops=3e9, once=0,
+    ),
+    "uniform": dict(
+        MLP, baseline="uniform", reference=None, selection="uniform", criterion="learnability",
+        filter_ratio=0.8, tau=400, top=0.27, offsets=[-0.004, 0.0, 0.004], flops=3e9, once=0,
+        bump=0.03,
+    ),
+    "jest-f0.5": dict(
+        MLP, baseline="uniform", reference=CUR, selection="jest", criterion="learnability",
+        filter_ratio=0.5, tau=260, top=0.29, offsets=[-0.003, 0.0, 0.003], flops=5e9, once=2e11,
+    ),
+    "jest-f0.8": dict(
+        MLP, baseline="uniform", reference=CUR, selection="jest", criterion="learnability",
+        filter_ratio=0.8, tau=110, top=0.31, offsets=[-0.003, 0.0, 0.003], flops=8e9, once=2e11,
+    ),
+    "jest-f0.9": dict(
+        MLP, baseline="uniform", reference=CUR, selection="jest", criterion="learnability",
+        filter_ratio=0.9, tau=60, top=0.32, offsets=[-0.002, 0.0, 0.002], flops=13e9, once=2e11,
+    ),
+    # Same as jest-f0.8 up to noise: joint vs independent "within noise".
+    "independent-f0.8": dict(
+        MLP, baseline="uniform", reference=CUR, selection="independent", criterion="learnability",
+        filter_ratio=0.8, tau=115, top=0.309, offsets=[-0.006, 0.0, 0.006], flops=8e9, once=2e11,
+    ),
+    "easy-reference-f0.8": dict(
+        MLP, baseline="uniform", reference=CUR, selection="jest", criterion="easy_reference",
+        filter_ratio=0.8, tau=200, top=0.28, offsets=[-0.002, 0.0, 0.002], flops=3e9, once=2e11,
+    ),
+    "hard-learner-f0.8": dict(
+        MLP, baseline="uniform", reference=None, selection="jest", criterion="hard_learner",
+        filter_ratio=0.8, tau=500, top=0.22, offsets=[-0.002, 0.0, 0.002], flops=8e9, once=0,
+    ),
+    "jest-f0.8-uncurated-ref": dict(
+        MLP, baseline="uniform", reference="reference-uncurated", selection="jest",
+        criterion="learnability", filter_ratio=0.8, tau=300, top=0.26,
+        offsets=[-0.002, 0.0, 0.002], flops=8e9, once=2e11,
+    ),
+    "jest-f0.8-b1024": dict(
+        MLP, baseline="uniform", reference=CUR, selection="jest", criterion="learnability",
+        filter_ratio=0.8, tau=100, top=0.34, offsets=[-0.002, 0.0, 0.002], flops=3.2e10,
+        once=2e11, batch_size=1024, tags={"sweep": "batch_size", "batch_size": 1024},
+    ),
+    "independent-f0.8-b1024": dict(
+        MLP, baseline="uniform", reference=CUR, selection="independent", criterion="learnability",
+        filter_ratio=0.8, tau=100, top=0.30, offsets=[-0.002, 0.0, 0.002], flops=3.2e10,
+        once=2e11, batch_size=1024, tags={"sweep": "batch_size", "batch_size": 1024},
+    ),
+    "jest-f0.8-bias0": dict(
+        MLP, baseline="uniform", reference=CUR, selection="jest", criterion="learnability",
+        filter_ratio=0.8, tau=140, top=0.30, offsets=[0.0], flops=8e9, once=2e11,
+        tags={"sweep": "bias_init", "bias_init": 0},
+    ),
+    "uniform-vit": dict(
+        VIT, baseline="uniform-vit", reference=None, selection="uniform", criterion="learnability",
+        filter_ratio=0.8, tau=300, top=0.25, offsets=[-0.003, 0.003], flops=2e10, once=0,
+        bump=0.02,
+    ),
+    "jest-f0.8-vit": dict(
+        VIT, baseline="uniform-vit", reference=CUR, selection="jest", criterion="learnability",
+        filter_ratio=0.8, tau=80, top=0.29, offsets=[-0.002, 0.0, 0.002], flops=5.3e10, once=4e11,
+    ),
+    "flexi-jest-f0.8": dict(
+        VIT, baseline="uniform-vit", reference=CUR, selection="flexi-jest",
+        criterion="learnability", filter_ratio=0.8, tau=110, top=0.28,
+        offsets=[-0.002, 0.0, 0.002], flops=2.3e10, once=4e11,
+    ),
+}  # fmt: skip
+
+
+def eval_steps(steps: int) -> list[int]:
+    return list(range(0, steps + 1, EVAL_EVERY))
+
+
+def write_run(run_dir: Path, spec: dict, offset: float, finish: bool = True, stop: int = 0) -> None:
+    """A metrics.jsonl shaped like train.py's: step-0 eval line, step lines, the final line."""
+    steps, b, flops, once = spec["steps"], spec["batch_size"], spec["flops"], spec["once"]
+    scoring = spec["selection"] not in ("uniform",)
+    noisy_sel = 0.5 if not scoring else 0.2
+    lines = [{"step": 0, METRIC: curve(spec, 0, offset), "world_size": 1}]
+    last = stop or steps
+    for s in range(1, last + 1):
+        is_eval = s % EVAL_EVERY == 0 or s == steps
+        if s % LOG_EVERY and not is_eval:
+            continue
+        rec = {
+            "step": s,
+            "loss": 10.0 / (1 + s),
+            "lr": 1e-3,
+            "examples_seen": s * b,
+            "super_batch_examples": s * b * 5,
+            "noisy_selected_frac": noisy_sel,
+            "noisy_pool_frac": 0.5,
+            "flops/learner_train": s * flops * 0.4,
+            "flops/learner_score": s * flops * 0.6,
+            "flops/reference": once,
+            "flops/total": once + s * flops,
+            "step_time": 0.01 * flops / 3e9,
+            "time": 0.01 * s,
+            "world_size": 1,
+        }
+        if scoring:
+            rec |= {
+                "sel/joint_term_spread": 0.5 + s / steps,
+                "sel/example_score_spread": 2.0,
+                "sel/learner_neg_loss_selected": 1e-3,
+                "sel/reference_neg_loss_selected": 5e-4,
+            }
+        if is_eval:
+            rec[METRIC] = curve(spec, s, offset)
+        lines.append(rec)
+    if finish:
+        lines.append(
+            {
+                "step": steps,
+                "final": True,
+                METRIC: curve(spec, steps, offset),
+                "examples_seen": steps * b,
+                "flops/total": once + steps * flops,
+                "world_size": 1,
+            }
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r) + "\n" for r in lines)
+    if not finish:
+        text += '{"step": 9'  # a torn last line, as a killed writer leaves it
+    (run_dir / "metrics.jsonl").write_text(text)
+
+
+def make_suite(root: Path, specs: dict[str, dict], partial: dict[str, int] | None = None) -> Path:
+    """Write suite.json and every run; ``partial``: method -> seed whose run stops half-way."""
+    partial = partial or {}
+    runs = []
+    for method, spec in specs.items():
+        for seed, offset in enumerate(spec["offsets"]):
+            name = f"{method}-s{seed}"
+            entry = {
+                k: spec.get(k)
+                for k in ("kind", "family", "baseline", "reference", "selection", "criterion",
+                          "filter_ratio", "batch_size", "steps")
+            }  # fmt: skip
+            entry |= {
+                "name": name,
+                "method": method,
+                "seed": seed,
+                "dir": f"runs/{name}",
+                "tags": spec.get("tags", {}),
+            }
+            runs.append(entry)
+            half = partial.get(method) == seed
+            write_run(
+                root / "runs" / name,
+                spec,
+                offset,
+                finish=not half,
+                stop=spec["steps"] // 2 if half else 0,
+            )
+    (root / "suite.json").write_text(json.dumps({"target_metric": METRIC, "runs": runs}))
+    return root
+
+
+# ---------------------------------------------------------------- independent recomputation
+
+
+def finals(method: str, specs: dict, skip_seed: int | None = None) -> list[float]:
+    s = specs[method]
+    return [curve(s, s["steps"], o) for i, o in enumerate(s["offsets"]) if i != skip_seed]
+
+
+def first_step(method: str, specs: dict, seed: int, target: float) -> int | None:
+    s = specs[method]
+    for step in eval_steps(s["steps"]):
+        if curve(s, step, s["offsets"][seed]) >= target:
+            return step
+    return None
+
+
+def upper_median(values: list[int | float | None]) -> float | None:
+    vals = sorted(math.inf if v is None else v for v in values)
+    m = vals[len(vals) // 2]
+    return None if m == math.inf else m
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def std(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mu = mean(values)
+    return math.sqrt(sum((v - mu) ** 2 for v in values) / (len(values) - 1))
+
+
+# ---------------------------------------------------------------- the full suite
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    root = make_suite(tmp_path_factory.mktemp("suite"), SPECS, partial={"jest-f0.9": 2})
+    report = build_report(root, min_seeds=2)
+    return root, report
+
+
+def test_report_files_and_shape(full):
+    root, report = full
+    on_disk = json.loads((root / "report.json").read_text())
+    assert on_disk == report
+    assert report["target_metric"] == METRIC
+    for name, m in report["methods"].items():
+        for key in ("final_metric", "final_metric_std", "seeds", "steps_to_target",
+                    "flops_to_target", "baseline", "baseline_steps_to_own_final",
+                    "flops_to_target_with_ref_training"):  # fmt: skip
+            assert key in m, (name, key)
+    for c in report["claims"]:
+        assert set(c) >= {"claim", "measured", "holds"}
+        assert isinstance(c["holds"], bool) and c["measured"]
+
+
+def test_finals_mean_std_over_seeds(full):
+    _, report = full
+    for method in SPECS:
+        skip = 2 if method == "jest-f0.9" else None
+        vals = finals(method, SPECS, skip_seed=skip)
+        m = report["methods"][method]
+        assert m["seeds"] == len(vals)
+        assert m["final_metric"] == pytest.approx(mean(vals), abs=1e-12)
+        assert m["final_metric_std"] == pytest.approx(std(vals), abs=1e-12)
+
+
+def test_steps_and_flops_to_target(full):
+    _, report = full
+    for method, spec in SPECS.items():
+        m = report["methods"][method]
+        base = spec["baseline"]
+        if base is None:
+            assert m["steps_to_target"] is None and m["flops_to_target"] is None
+            continue
+        target = mean(finals(base, SPECS))
+        seeds = [i for i in range(len(spec["offsets"])) if not (method == "jest-f0.9" and i == 2)]
+        steps = [first_step(method, SPECS, i, target) for i in seeds]
+        flops = [
+            None if s is None else spec["once"] + s * spec["flops"] if s else 0.0 for s in steps
+        ]
+        assert m["target"] == pytest.approx(target, abs=1e-12)
+        assert m["steps_to_target_per_seed"] == steps
+        assert m["steps_to_target"] == upper_median(steps)
+        expected_flops = upper_median(flops)
+        if expected_flops is None:
+            assert m["flops_to_target"] is None
+        else:
+            assert m["flops_to_target"] == pytest.approx(expected_flops, rel=1e-12)
+        # Reference training FLOPs: the reference run's total.
+        ref = spec["reference"]
+        if ref and expected_flops is not None:
+            ref_total = SPECS[ref]["steps"] * SPECS[ref]["flops"]
+            assert m["flops_to_target_with_ref_training"] == pytest.approx(
+                expected_flops + ref_total, rel=1e-12
+            )
+        elif expected_flops is not None:
+            assert m["flops_to_target_with_ref_training"] == pytest.approx(expected_flops)
+        # The baseline's own saturation point and the speed-ups.
+        own = [
+            first_step(base, SPECS, i, final)
+            for i, final in enumerate(finals(base, SPECS))  # each seed its own final value
+        ]
+        assert m["baseline_steps_to_own_final"] == upper_median(own)
+        if m["steps_to_target"]:
+            assert m["speedup"] == pytest.approx(SPECS[base]["steps"] / m["steps_to_target"])
+
+
+def test_never_reaching_is_null(full):
+    _, report = full
+    m = report["methods"]["hard-learner-f0.8"]  # tops out far below uniform
+    assert m["steps_to_target_per_seed"] == [None, None, None]
+    assert m["steps_to_target"] is None and m["flops_to_target"] is None
+    assert m["speedup"] is None
+
+
+def test_plots_exist_and_are_png(full):
+    root, report = full
+    files = [p["file"] for p in report["plots"]]
+    expected = {
+        f"plots/retrieval_r1_vs_{x}_{fam}.png" for x in ("steps", "examples", "flops")
+        for fam in ("mlp", "vit")
+    } | {f"plots/{t}_{fam}.png" for t in ("noisy_selected", "joint_terms", "step_cost")
+         for fam in ("mlp", "vit")} | {"plots/batch_sweep_mlp.png", "plots/bias_init_mlp.png"}  # fmt: skip
+    assert expected <= set(files)
+    md = (root / "report.md").read_text()
+    for f in files:
+        data = (root / f).read_bytes()
+        assert data[:8] == PNG_MAGIC
+        with Image.open(root / f) as im:
+            im.verify()
+        assert f"]({f})" in md  # embedded in the markdown
+    for c in report["claims"]:
+        assert c["claim"] in md
+
+
+def test_half_finished_run_excluded_and_reported(full):
+    root, report = full
+    m = report["methods"]["jest-f0.9"]
+    assert m["seeds"] == 2 and m["seed_ids"] == [0, 1]
+    unfinished = {r["name"]: r for r in report["unfinished_runs"]}
+    assert set(unfinished) == {"jest-f0.9-s2"}
+    assert unfinished["jest-f0.9-s2"]["status"] == "partial"
+    assert unfinished["jest-f0.9-s2"]["last_step"] == SPECS["jest-f0.9"]["steps"] // 2
+    assert any("jest-f0.9-s2" in n and "unfinished" in n for n in report["notes"])
+    assert "jest-f0.9-s2" in (root / "report.md").read_text()
+
+
+def _claim(report, cid):
+    return next(c for c in report["claims"] if c["id"] == cid)
+
+
+def test_claim_decisions_follow_the_rule(full):
+    _, report = full
+    methods = report["methods"]
+
+    def beats(a: str, b: str) -> bool:
+        fa, fb = finals(a, SPECS), finals(b, SPECS)
+        return mean(fa) - mean(fb) > max(std(fa), std(fb))
+
+    # 1a: every seed of jest-f0.8 reaches uniform's final within 1000 / 3 steps.
+    per = methods["jest-f0.8"]["steps_to_target_per_seed"]
+    assert _claim(report, "1a")["holds"] == all(s is not None and s <= 1000 / 3 for s in per)
+    per9 = methods["jest-f0.9"]["steps_to_target_per_seed"]
+    assert _claim(report, "1b")["holds"] == all(s is not None and s <= 1000 / 4 for s in per9)
+    # 3a: designed within noise.
+    assert not beats("jest-f0.8", "independent-f0.8")
+    c3a = _claim(report, "3a")
+    assert not c3a["holds"] and "within noise" in c3a["measured"]
+    # 4: learnability > easy-reference > hard-learner.
+    assert _claim(report, "4")["holds"] == (
+        beats("jest-f0.8", "easy-reference-f0.8")
+        and beats("easy-reference-f0.8", "hard-learner-f0.8")
+    )
+    # 6a: a single reference seed -> below min_seeds -> cannot hold, and says why.
+    c6a = _claim(report, "6a")
+    assert not c6a["holds"] and "fewer than 2" in c6a["measured"]
+    assert _claim(report, "6b")["holds"] == beats("jest-f0.8", "jest-f0.8-uncurated-ref")
+    # 3c: the gap at b=1024 vs b=256 (paired by seed).
+    sweep = report["batch_sweep"]
+    assert [p["x"] for p in sweep] == [256, 1024]
+    for p, (j, i) in zip(
+        sweep,
+        [("jest-f0.8", "independent-f0.8"), ("jest-f0.8-b1024", "independent-f0.8-b1024")],
+        strict=True,
+    ):
+        diffs = [a - b for a, b in zip(finals(j, SPECS), finals(i, SPECS), strict=True)]
+        assert p["gap"] == pytest.approx(mean(diffs), abs=1e-12)
+        assert p["gap_std"] == pytest.approx(std(diffs), abs=1e-12)
+    lo, hi = sweep
+    assert _claim(report, "3c")["holds"] == (
+        hi["gap"] - lo["gap"] > max(lo["gap_std"], hi["gap_std"])
+    )
+    # 5a: every flexi seed below uniform-vit's total FLOPs.
+    budget = SPECS["uniform-vit"]["steps"] * SPECS["uniform-vit"]["flops"]
+    flexi = methods["flexi-jest-f0.8"]["flops_to_target_per_seed"]
+    assert _claim(report, "5a")["holds"] == all(f is not None and f < budget for f in flexi)
+    for c in report["claims"]:
+        assert c["status"] == "measured", c
+
+
+def test_missing_runs_are_not_measured(tmp_path):
+    specs = {k: v for k, v in SPECS.items() if k not in ("hard-learner-f0.8", "flexi-jest-f0.8")}
+    root = make_suite(tmp_path, specs)
+    # A listed run that never started (no metrics.jsonl): jest-f0.9 entirely.
+    for d in (root / "runs").glob("jest-f0.9-s*"):
+        (d / "metrics.jsonl").unlink()
+    report = build_report(root, plots=False)
+    assert "jest-f0.9" not in report["methods"]
+    for cid in ("1b", "2", "4", "5a", "5b"):
+        c = _claim(report, cid)
+        assert c["holds"] is False
+        assert c["status"] == "not measured" and c["measured"].startswith("not measured"), c
+    assert "jest-f0.9" in _claim(report, "1b")["measured"]  # names what is missing
+    assert {r["status"] for r in report["unfinished_runs"]} == {"missing"}
+    assert not (root / "plots").exists() and report["plots"] == []
+
+
+def test_single_seed_never_holds(tmp_path):
+    specs = {k: dict(v, offsets=v["offsets"][:1]) for k, v in SPECS.items()}
+    report = build_report(make_suite(tmp_path, specs), plots=False)
+    assert not any(c["holds"] for c in report["claims"])
+    one = build_report(tmp_path, min_seeds=1, plots=False)
+    # With min_seeds=1 a clear single-seed win can hold (jest-f0.8 vs hard learner).
+    assert _claim(one, "4")["holds"] == (
+        finals("jest-f0.8", specs)[0]
+        > finals("easy-reference-f0.8", specs)[0]
+        > finals("hard-learner-f0.8", specs)[0]
+    )
+
+
+def test_pure_helpers_match_statistics_module():
+    vals = [0.3, 0.1, 0.25, 0.4]
+    assert mean_std(vals) == pytest.approx((statistics.fmean(vals), statistics.stdev(vals)))
+    assert mean_std([0.5]) == (0.5, 0.0)
+    assert median_high([300, None, 100]) == 300
+    assert median_high([300, None, None]) is None
+    assert median_high([200, 100]) == 200  # upper median: an observed step
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(JestkitError, match=r"no suite\.json"):
+        build_report(tmp_path)
+    with pytest.raises(JestkitError, match="nope"):
+        build_report(tmp_path / "nope")
+    (tmp_path / "suite.json").write_text("{not json")
+    with pytest.raises(JestkitError, match=r"suite\.json"):
+        build_report(tmp_path)
+    (tmp_path / "suite.json").write_text(json.dumps({"runs": [{"name": "a"}]}))
+    with pytest.raises(JestkitError, match="method"):
+        build_report(tmp_path)
+    (tmp_path / "suite.json").write_text(json.dumps({"runs": []}))
+    with pytest.raises(JestkitError, match="min_seeds"):
+        build_report(tmp_path, min_seeds=0)
+
+
+def test_cli_run(tmp_path, capsys):
+    from jestkit import report as report_cli
+
+    specs = {k: SPECS[k] for k in ("uniform", "jest-f0.8", "reference-curated")}
+    root = make_suite(tmp_path, specs)
+    parser = argparse.ArgumentParser()
+    report_cli.add_arguments(parser)
+    assert report_cli.run(parser.parse_args([str(root), "--no-plots"])) == 0
+    out = capsys.readouterr().out
+    assert "report.md" in out and "[1a]" in out
+    assert (root / "report.json").is_file() and (root / "report.md").is_file()
+
+
+def test_uniform_without_baseline_field_is_its_own_baseline(tmp_path):
+    specs = {k: SPECS[k] for k in ("uniform", "jest-f0.8")}
+    specs["uniform"] = dict(specs["uniform"], baseline=None)
+    report = build_report(make_suite(tmp_path, specs), plots=False)
+    own = [first_step("uniform", specs, i, f) for i, f in enumerate(finals("uniform", specs))]
+    assert report["methods"]["uniform"]["baseline"] == "uniform"
+    assert report["methods"]["jest-f0.8"]["baseline_steps_to_own_final"] == upper_median(own)
+
+
+def test_overhead_benchmark_flop_model(capsys):
+    """The benchmark's FLOP-model ratio is (3F·b + F·N) / 3F·b for jest with a cached reference."""
+    from jestkit.benchmarks import overhead
+    from jestkit.flops import forward_flops
+    from jestkit.models import create_model
+
+    parser = argparse.ArgumentParser()
+    overhead.add_arguments(parser)
+    args = parser.parse_args(
+        ["--models", "mlp-tiny-56", "--batch-size", "32", "--n-chunks", "4", "--repeats", "2",
+         "--warmup", "0"]
+    )  # fmt: skip
+    rows = overhead.bench_model("mlp-tiny-56", args, torch.device("cpu"))
+    f = sum(forward_flops(create_model("mlp-tiny-56")).values())
+    n = round(32 / (1 - 0.8))
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"uniform", "jest"}  # no flexi-jest without patch sizes
+    assert by["jest"]["flop_ratio"] == pytest.approx((3 * f * 32 + f * n) / (3 * f * 32))
+    assert by["uniform"]["measured_ratio"] == 1.0
+    for r in rows:
+        assert r["median_ms"] > 0
+        assert r["rel_diff"] == pytest.approx(r["measured_ratio"] / r["flop_ratio"] - 1)
