@@ -73,7 +73,7 @@ class SelectionConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 1e-4
     beta1: float = 0.9
     beta2: float = 0.95

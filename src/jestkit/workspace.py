@@ -10,10 +10,12 @@ The folder is ``$JESTKIT_CACHE`` if set, else ``~/.cache/jestkit``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,23 @@ def cache_root() -> Path:
 
 def _key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """One process at a time builds `path` (parallel runs of a suite share the cache folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock; the atomic publish still refuses a clash
+        yield
+        return
+    with open(path.parent / f".{path.name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def split_dir(dataset_dir: Path, manifest: dict[str, Any], split: str) -> Path:
@@ -58,10 +77,11 @@ def ensure_dataset(data: DataConfig, verbose: bool = True) -> Path:
         options["noise"] = dict(data.noise)
     key = _key({"dataset": data.dataset, "recipe": data.recipe, "seed": data.data_seed, **options})
     path = cache_root() / "datasets" / f"{data.dataset}-{data.recipe}-{key}"
-    if not (path / "dataset.json").is_file():
-        if verbose:
-            print(f"preparing the {data.dataset} dataset ({data.recipe}) in {path}")
-        prepare_dataset(data.dataset, path, recipe=data.recipe, seed=data.data_seed, **options)
+    with _exclusive(path):
+        if not (path / "dataset.json").is_file():
+            if verbose:
+                print(f"preparing the {data.dataset} dataset ({data.recipe}) in {path}")
+            prepare_dataset(data.dataset, path, recipe=data.recipe, seed=data.data_seed, **options)
     return path
 
 
@@ -105,17 +125,18 @@ def ensure_reference(cfg: RunConfig, dataset_dir: Path, verbose: bool = True) ->
         cache_root() / "references" / _key({"config": ref_cfg.to_dict(), "data": str(dataset_dir)})
     )
     model_dir = root / "model"
-    if (model_dir / "config.json").is_file():
-        return model_dir
-    if verbose:
-        print(f"training the reference model on the curated split in {root}")
-    final = train(ref_cfg, root / "run", resume="latest")
-    if final.get("interrupted"):
-        raise JestkitError(f"reference training in {root} was interrupted; run again to resume it")
-    from jestkit.checkpoint import latest_checkpoint
+    with _exclusive(root):
+        if (model_dir / "config.json").is_file():
+            return model_dir
+        if verbose:
+            print(f"training the reference model on the {ref_cfg.data.train_split} split in {root}")
+        final = train(ref_cfg, root / "run", resume="latest")
+        if final.get("interrupted"):
+            raise JestkitError(f"reference training in {root} was interrupted; run again to resume")
+        from jestkit.checkpoint import latest_checkpoint
 
-    model, tokenizer = load_pretrained(latest_checkpoint(root / "run"))
-    save_pretrained(model_dir, model, tokenizer)
+        model, tokenizer = load_pretrained(latest_checkpoint(root / "run"))
+        save_pretrained(model_dir, model, tokenizer)
     return model_dir
 
 
@@ -139,8 +160,9 @@ def ensure_reference_cache(
     model, tokenizer = load_pretrained(reference_dir)
     fp = model_fingerprint(model)
     path = cache_root() / "reference-caches" / _key({"model": fp, "split": str(train_split)})
-    if not (path / "meta.json").is_file():
-        if verbose:
-            print(f"caching the reference's embeddings over {train_split} in {path}")
-        ReferenceCache.build(model, tokenizer, [train_split], path)
+    with _exclusive(path):
+        if not (path / "meta.json").is_file():
+            if verbose:
+                print(f"caching the reference's embeddings over {train_split} in {path}")
+            ReferenceCache.build(model, tokenizer, [train_split], path)
     return path
