@@ -43,7 +43,7 @@ class ModelSpec:
     """A registered model and the fields we override on it (see `jestkit.models.list_models()`)."""
 
     name: str = "mlp-tiny-56"
-    vocab_size: int = 512  # size of the WordPiece vocabulary trained on the training captions
+    vocab_size: int = 512  # size of the BPE vocabulary trained on the training captions
     context_length: int = 32
     overrides: dict[str, Any] = field(default_factory=dict)  # any other ModelConfig field
 

@@ -167,6 +167,7 @@ def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.AdamW:
         lr=o.lr,
         betas=(o.beta1, o.beta2),
         eps=o.eps,
+        foreach=True,  # one fused kernel per parameter group, also on CPU
     )
 
 
@@ -294,14 +295,13 @@ def train(
             vocab_size=cfg.model.vocab_size,
             context_length=cfg.model.context_length,
         )
-        torch.manual_seed(rng.derive_seed(cfg.train.seed, "init"))
         model = create_model(
             cfg.model.name,
             image_size=manifest["image_size"],
             in_channels=manifest["in_channels"],
             vocab_size=tokenizer.vocab_size,
             context_length=tokenizer.context_length,
-            **cfg.model.overrides,
+            **{"init_seed": rng.derive_seed(cfg.train.seed, "init") % 2**31, **cfg.model.overrides},
         )
         state = None
     model.to(device).train()
