@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("jestkit.evaluate", "evaluate a checkpoint: retrieval and zero-shot classification"),
     "reproduce": ("jestkit.reproduce", "reproduce the paper's claims on the embedded dataset"),
     "report": ("jestkit.report", "write report.md/report.json/plots for a reproduce suite folder"),
+    "score": ("jestkit.curation", "per-example reference/learnability scores as a parquet sidecar"),
+    "filter": ("jestkit.curation", "keep the top fraction of a scores file: sorted uid array"),
     "flops": ("jestkit.flops", "print analytic FLOPs of a registered model"),
     "bench": ("jestkit.benchmarks", "run a benchmark: selection | models | data | overhead"),
 }

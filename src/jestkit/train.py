@@ -404,6 +404,10 @@ def train(
     if start_step == 0 and evaluator is not None:
         record = {"step": 0, **evaluate(0), "world_size": world.world_size}
         metrics.write(record)
+    elif start_step >= cfg.train.steps and evaluator is not None:
+        # Killed after the last checkpoint but before the final line: evaluation is
+        # deterministic, so redoing it gives the line the uninterrupted run wrote.
+        record = evaluate(start_step)
     last_eval = {k: v for k, v in record.items() if k.startswith("eval/")}
 
     bar = ProgressBar(
@@ -471,13 +475,9 @@ def train(
             images = chosen.images.to(device, non_blocking=True)
             tokens = tokenize(chosen).to(device, non_blocking=True)
             with autocast():
-                img = model.encode_image(images[:n_low], patch_size=low_patch) if n_low else None
-                img_full = model.encode_image(images[n_low:]) if n_low < b else None
-                img = (
-                    img_full
-                    if img is None
-                    else (img if img_full is None else torch.cat([img, img_full]))
-                )
+                parts = [model.encode_image(images[:n_low], patch_size=low_patch)] if n_low else []
+                parts += [model.encode_image(images[n_low:])] if n_low < b else []
+                img = torch.cat(parts) if len(parts) > 1 else parts[0]
                 txt = model.encode_text(tokens)
                 loss = siglip_loss(
                     img.float(), txt.float(), model.logit_scale.exp(), model.logit_bias
@@ -529,12 +529,11 @@ def train(
                 "time": time.perf_counter() - t_start,
             }
             is_last = done == cfg.train.steps
-            if evaluator is not None and (done % cfg.train.eval_every == 0 or is_last):
+            evaluated = evaluator is not None and (done % cfg.train.eval_every == 0 or is_last)
+            if evaluated:
                 last_eval = evaluate(done)
                 record.update(last_eval)
-            if metrics is not None and (
-                done % cfg.train.log_every == 0 or is_last or last_eval is record
-            ):
+            if metrics is not None and (done % cfg.train.log_every == 0 or is_last or evaluated):
                 metrics.write(record)
             bar.update(
                 loss=record["loss"],
