@@ -1,10 +1,9 @@
-import os
-
 import pytest
 import torch
 
-# Two cores: keep test processes from oversubscribing them.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: test tensors are tiny, and spin-waiting threads on a shared 2-core machine
+# slow them 10x or more.
+torch.set_num_threads(1)
 
 
 @pytest.fixture
