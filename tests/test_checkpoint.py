@@ -288,7 +288,7 @@ def test_sigkill_during_saves(tmp_path):
     for _ in range(3):
         proc = subprocess.Popen([sys.executable, str(script), str(out), str(start)], env=env)
         try:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 300  # a hang guard, not a timing assertion
             while (latest := ck.latest_checkpoint(out)) is None or ck.checkpoint_step(
                 latest
             ) < start:
