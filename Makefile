@@ -42,7 +42,10 @@ lint: install
 	$(VENV)/bin/ruff format --check src tests bench
 
 bench: install data
-	$(PY) bench/selection.py
+	$(PY) bench/selection.py --threads 1
+	$(PY) bench/models.py
+	$(PY) bench/data.py
+	$(PY) bench/overhead.py --threads 1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -61,8 +61,6 @@ class SelectionConfig:
     score_mode: str = "diagonal"  # independent per-example score: diagonal | rowcol
     score_batch_size: int = 256  # embed the super-batch in chunks of this many (0: at once)
     score_patch_size: int = 0  # 0: full resolution; flexi-jest defaults to the largest patch size
-    # Score with a learner snapshot refreshed every k steps (1: the live learner).
-    scorer_refresh: int = 1
     # Reference model folder; "" = train one on `reference_split` (embedded data only).
     reference: str = ""
     # Reference cache folder; "" = build/reuse one automatically; "online" = run it every step.
@@ -378,7 +376,6 @@ def validate(cfg: RunConfig) -> RunConfig:
     check(
         s.reference_steps >= 1, f"selection.reference_steps must be >= 1, got {s.reference_steps}"
     )
-    check(s.scorer_refresh >= 1, f"selection.scorer_refresh must be >= 1, got {s.scorer_refresh}")
     check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
     check(
         0.0 <= o.beta1 < 1.0 and 0.0 <= o.beta2 < 1.0,

@@ -67,9 +67,30 @@ class SuiteSize:
     eval_max_examples: int
     vit: bool
     sweeps: bool
+    dataset: str = "fashion-scenes"
+    model: str = "mlp-tiny-56"
+    batch_size: int = 256
+    n_chunks: int = 16
 
 
 SIZES = {
+    # Seconds: sklearn digits and tiny batches, for tests of the suite machinery itself.
+    "smoke": SuiteSize(
+        seeds=1,
+        seeds_secondary=1,
+        steps=30,
+        vit_steps=0,
+        reference_steps=30,
+        pool_size=1200,
+        eval_every=10,
+        eval_max_examples=0,
+        vit=False,
+        sweeps=False,
+        dataset="digits",
+        model="mlp-tiny-28",
+        batch_size=32,
+        n_chunks=4,
+    ),
     "quick": SuiteSize(
         seeds=1,
         seeds_secondary=1,
@@ -108,7 +129,7 @@ SIZES = {
     ),
 }
 
-MLP_MODEL, VIT_MODEL = "mlp-tiny-56", "vit-tiny-56"
+VIT_MODEL = "vit-tiny-56"
 
 
 def _jest(f: float, criterion: str = "learnability") -> list[str]:
@@ -123,7 +144,7 @@ def plan_suite(size: SuiteSize, seeds: int | None = None) -> list[RunSpec]:
     """Every run of the suite, references first."""
     n_main = seeds or size.seeds
     n_side = min(n_main, size.seeds_secondary) if seeds is None else seeds
-    steps = size.steps
+    steps, b = size.steps, size.batch_size
     runs = [
         RunSpec(
             "reference-curated",
@@ -134,6 +155,7 @@ def plan_suite(size: SuiteSize, seeds: int | None = None) -> list[RunSpec]:
             reference=None,
             selection="uniform",
             steps=size.reference_steps,
+            batch_size=b,
             overrides=["data.train_split=curated", "selection.method=uniform"],
         ),
         RunSpec(
@@ -145,12 +167,14 @@ def plan_suite(size: SuiteSize, seeds: int | None = None) -> list[RunSpec]:
             reference=None,
             selection="uniform",
             steps=size.reference_steps,
+            batch_size=b,
             overrides=["data.train_split=uncurated", "selection.method=uniform"],
         ),
     ]
 
     def learner(method: str, n_seeds: int, selection: str, overrides: list[str], **kw: Any) -> None:
         kw.setdefault("steps", steps)
+        kw.setdefault("batch_size", b)
         for seed in range(n_seeds):
             runs.append(
                 RunSpec(
@@ -211,9 +235,11 @@ def plan_suite(size: SuiteSize, seeds: int | None = None) -> list[RunSpec]:
         )
 
     if size.sweeps:
-        for b in (1024, 2048, 4096):
-            sweep_steps = max(200, steps * 256 // b * 2)  # more examples per step: fewer steps
-            tag = {"sweep": "batch_size", "batch_size": b}
+        for sweep_b in (1024, 2048, 4096):
+            sweep_steps = max(
+                200, steps * 256 // sweep_b * 2
+            )  # more examples per step: fewer steps
+            tag = {"sweep": "batch_size", "batch_size": sweep_b}
             for method, sel, ov in (
                 (
                     "independent",
@@ -224,14 +250,14 @@ def plan_suite(size: SuiteSize, seeds: int | None = None) -> list[RunSpec]:
                 ("uniform", "uniform", ["selection.method=uniform"]),
             ):
                 learner(
-                    f"{method}-f0.8-b{b}" if method != "uniform" else f"uniform-b{b}",
+                    f"{method}-f0.8-b{sweep_b}" if method != "uniform" else f"uniform-b{sweep_b}",
                     n_side,
                     sel,
-                    [*ov, f"train.batch_size={b}"],
-                    batch_size=b,
+                    [*ov, f"train.batch_size={sweep_b}"],
+                    batch_size=sweep_b,
                     steps=sweep_steps,
-                    baseline=f"uniform-b{b}",
-                    family=f"mlp-b{b}",
+                    baseline=f"uniform-b{sweep_b}",
+                    family=f"mlp-b{sweep_b}",
                     tags=tag,
                     reference=None if method == "uniform" else "reference-curated",
                 )
@@ -275,7 +301,9 @@ def run_config(spec: RunSpec, size: SuiteSize, suite: Path) -> RunConfig:
     """The RunConfig of one run: the `scenes` preset, the suite's size, the run's overrides."""
     cfg = get_preset("scenes")
     cfg.name = spec.name
-    cfg.model.name = MLP_MODEL
+    cfg.model.name = size.model
+    cfg.data.dataset = size.dataset
+    cfg.selection.n_chunks = size.n_chunks
     cfg.data.pool_size = size.pool_size
     cfg.train.seed = spec.seed
     cfg.train.steps = spec.steps
@@ -436,6 +464,9 @@ def _cost(r: RunSpec) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--smoke", action="store_true", help="seconds: sklearn digits, to test the suite itself"
+    )
     group.add_argument("--quick", action="store_true", help="a 3-minute smoke version")
     group.add_argument(
         "--full",
@@ -459,7 +490,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    mode = "quick" if args.quick else "full" if args.full else "default"
+    mode = "quick" if args.quick else "full" if args.full else "smoke" if args.smoke else "default"
     report = reproduce(args.out, mode=mode, seeds=args.seeds, jobs=args.jobs, only=args.only)
     for claim in report.get("claims", []):
         mark = "holds" if claim["holds"] else "does not hold"
