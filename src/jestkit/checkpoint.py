@@ -43,6 +43,7 @@ import torch
 from safetensors import SafetensorError
 
 from jestkit.errors import JestkitError, check
+from jestkit.fsutil import fsync_dir
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
@@ -174,20 +175,6 @@ def _replaced(root: Path, name: str) -> list[Path]:
 # ----------------------------------------------------------------------------- saving
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or new entry in ``path`` durable (a no-op where directories can't be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _remove(path: Path) -> None:
     """Best-effort removal of a file or folder (cleanup must not mask the original error)."""
     with contextlib.suppress(OSError):
@@ -242,7 +229,7 @@ def _write_pointer(root: Path, name: str) -> None:
     except BaseException:
         _remove(tmp)
         raise
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def _write_model_files(directory: Path, model: torch.nn.Module, tokenizer: Any) -> None:
@@ -331,13 +318,13 @@ def save_checkpoint(
         _write_model_files(tmp, _unwrap(model), tokenizer)
         torch.save(dict(train_state), tmp / TRAIN_STATE_FILE)
         _write_manifest(tmp, step)  # hashes + fsyncs every file, then writes COMPLETE last
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # the same step saved again: keep the old version findable meanwhile
             if old.exists():
                 shutil.rmtree(old)
             os.rename(final, old)
         os.rename(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except (OSError, RuntimeError, SafetensorError) as e:
         # RuntimeError / SafetensorError: how torch.save and safetensors report a failed write.
         hint = _space_hint(root)  # measured before the partial files are removed

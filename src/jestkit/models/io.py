@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from jestkit.errors import JestkitError
+from jestkit.fsutil import fsync_dir
 from jestkit.models.dual_encoder import DualEncoder, ModelConfig
 from jestkit.models.tokenizer import Tokenizer
 
@@ -47,19 +48,6 @@ def _check_pair(model: DualEncoder, tokenizer: Tokenizer) -> None:
         raise JestkitError(
             f"tokenizer context_length={tokenizer.context_length} != model context_length={model.context_length}"
         )
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_model_files(
@@ -107,7 +95,7 @@ def save_pretrained(directory: str | os.PathLike, model: DualEncoder, tokenizer:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, directory)
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
