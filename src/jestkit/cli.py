@@ -39,7 +39,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jestkit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="jestkit", description="Train image-text models with JEST joint example selection."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
