@@ -33,7 +33,7 @@ TARGET_METRIC = "eval/retrieval_r1"
 
 @dataclass
 class RunSpec:
-    """One training run of the suite (the fields report.py groups and compares by)."""
+    """One training run of the suite (the fields `jestkit.report` groups and compares by)."""
 
     name: str
     method: str

@@ -1,0 +1,114 @@
+"""build_report: a suite folder in, report.json, report.md and plots/*.png out."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jestkit.errors import check
+from jestkit.report.claims import Claims, _fmt_opt
+from jestkit.report.markdown import render_markdown
+from jestkit.report.plots import Plotter
+from jestkit.report.stats import batch_sweep, compute_methods
+from jestkit.report.suite import DEFAULT_METRIC, Run, load_suite
+
+
+def build_report(suite_dir: str | Path, min_seeds: int = 2, plots: bool = True) -> dict[str, Any]:
+    """Write report.json, report.md and plots/*.png into ``suite_dir``; return the report dict.
+
+    ``min_seeds``: finished seeds each compared method needs before a claim can hold (with one
+    seed there is no spread to beat). ``plots=False`` skips the figures (faster; for scripts).
+    """
+    check(
+        isinstance(min_seeds, int) and min_seeds >= 1,
+        f"min_seeds must be an int >= 1, got {min_seeds!r}",
+    )
+    suite_dir = Path(suite_dir)
+    suite, runs = load_suite(suite_dir)
+    metric = suite.get("target_metric") or DEFAULT_METRIC
+    methods = compute_methods(runs, metric)
+    claims_eval = Claims(methods, runs, min_seeds=min_seeds, metric_name=metric.split("/")[-1])
+    claims = claims_eval.evaluate()
+    fam = claims_eval.main_family()
+    figures = Plotter(suite_dir / "plots", methods, metric, runs).all() if plots else []
+
+    run_rows = [
+        {
+            "name": r.name,
+            "method": r.method,
+            "seed": r.seed,
+            "status": r.status,
+            "last_step": r.last_step,
+            "steps": r.steps,
+        }
+        for r in runs
+    ]
+    notes = _notes(runs, methods, metric)
+    report = {
+        "target_metric": metric,
+        "suite_dir": str(suite_dir),
+        "min_seeds": min_seeds,
+        "methods": {
+            n: {k: v for k, v in m.items() if not k.startswith("_")} for n, m in methods.items()
+        },
+        "claims": claims,
+        "batch_sweep": batch_sweep(methods, fam),
+        "runs": run_rows,
+        "unfinished_runs": [r for r in run_rows if r["status"] != "finished"],
+        "plots": [{"file": p.file, "title": p.title, "caption": p.caption} for p in figures],
+        "notes": notes,
+    }
+    report = _clean(report)
+    (suite_dir / "report.json").write_text(
+        json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8"
+    )
+    (suite_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    return report
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python, tuples -> lists."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    return obj
+
+
+def _notes(runs: Sequence[Run], methods: dict[str, dict[str, Any]], metric: str) -> list[str]:
+    notes = []
+    for r in runs:
+        if r.status == "partial":
+            notes.append(
+                f"run {r.name} is unfinished (last logged step {_fmt_opt(r.last_step)} of "
+                f"{_fmt_opt(r.steps)}): left out of every statistic"
+            )
+        elif r.status == "missing":
+            notes.append(f"run {r.name} has no metrics.jsonl (not started): left out")
+        elif r.status == "no-metric":
+            notes.append(
+                f"run {r.name} finished without a finite final {metric} (no eval, or diverged): "
+                "left out"
+            )
+    for name, m in sorted(methods.items()):
+        if m["baseline"] and m["baseline"] not in methods:
+            notes.append(
+                f"method {name}: its baseline {m['baseline']!r} has no finished run, so it has "
+                "no target"
+            )
+        if m.get("reference") and m["reference_training_flops"] is None:
+            notes.append(
+                f"method {name}: its reference {m['reference']!r} has no finished run, so "
+                "FLOPs with reference training are unknown"
+            )
+    return notes

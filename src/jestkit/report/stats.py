@@ -1,0 +1,315 @@
+"""Per-method statistics: finals, targets, steps-to-target, speed-ups, costs, joint-independent gaps.
+
+The definitions are in the package docstring (``jestkit.report``) and docs/reproduction.md.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from jestkit.errors import check
+from jestkit.report.suite import Run, _finite
+
+REACH_RTOL = 1e-9  # "reached" tolerates float rounding of the baseline's mean
+INF = math.inf
+
+# ----------------------------------------------------------------------------------------------
+# Pure helpers (tested against hand computations)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0.0 for one value)."""
+    check(len(values) > 0, "mean_std: no values")
+    mean = math.fsum(values) / len(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def median_high(values: Iterable[float | None]) -> float | None:
+    """Upper median with None as +inf (never reached); None if the median is +inf."""
+    vals = [INF if v is None else v for v in values]
+    if not vals:
+        return None
+    m = statistics.median_high(vals)
+    return None if m == INF else m
+
+
+def eval_points(records: Sequence[dict[str, Any]], metric: str) -> list[dict[str, float]]:
+    """Evaluated steps of a run in step order: step, value, examples seen, total FLOPs.
+
+    The final line repeats the last evaluation and is dropped as a duplicate. The step-0 line
+    (before training) has no counters: 0 examples and 0 FLOPs.
+    """
+    points: dict[int, dict[str, float]] = {}
+    for r in records:
+        step = r.get("step")
+        if metric not in r or not isinstance(step, int) or step in points:
+            continue
+        points[step] = {
+            "step": step,
+            "value": _finite(r[metric]),
+            "examples": _finite(r.get("examples_seen", 0 if step == 0 else None)),
+            "flops": _finite(r.get("flops/total", 0 if step == 0 else None)),
+        }
+    return [points[s] for s in sorted(points)]
+
+
+def first_reach(points: Sequence[dict[str, float]], target: float) -> dict[str, float] | None:
+    """The first evaluated point whose value reaches ``target`` (None if none does)."""
+    threshold = target - REACH_RTOL * max(1.0, abs(target))
+    for p in points:
+        if not math.isnan(p["value"]) and p["value"] >= threshold:
+            return p
+    return None
+
+
+def per_step_flops(run: Run) -> float | None:
+    """FLOPs of one training step, from the ledger's totals (one-off reference cache excluded)."""
+    lines = [r for r in run.step_lines() if "flops/total" in r]
+    if len(lines) < 2 or lines[-1]["step"] == lines[0]["step"]:
+        return None
+    a, b = lines[0], lines[-1]
+    return (_finite(b["flops/total"]) - _finite(a["flops/total"])) / (b["step"] - a["step"])
+
+
+def median_step_time(run: Run) -> float | None:
+    times = [_finite(r.get("step_time")) for r in run.step_lines()]
+    times = [t for t in times if not math.isnan(t)]
+    return statistics.median(times) if times else None
+
+
+def _round_int(v: float | None) -> int | None:
+    return None if v is None else int(v)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-method statistics
+
+
+def _method_info(runs: Sequence[Run]) -> dict[str, Any]:
+    """Attributes of a method (from its first run's suite entry)."""
+    keys = (
+        "kind",
+        "family",
+        "baseline",
+        "reference",
+        "selection",
+        "criterion",
+        "filter_ratio",
+        "batch_size",
+        "steps",
+        "tags",
+    )
+    info = {k: runs[0].info.get(k) for k in keys}
+    info["kind"] = info["kind"] or "learner"
+    info["family"] = info["family"] or "default"
+    info["tags"] = info["tags"] or {}
+    return info
+
+
+def compute_methods(runs: Sequence[Run], metric: str) -> dict[str, dict[str, Any]]:
+    """Every method with at least one finished run: finals, targets, speed-ups, costs."""
+    by_method: dict[str, list[Run]] = {}
+    for run in runs:
+        by_method.setdefault(run.method, []).append(run)
+    baselines_used = {r.info.get("baseline") for r in runs} - {None}
+
+    # Pass 1: what each method measured by itself.
+    out: dict[str, dict[str, Any]] = {}
+    for name, all_runs in sorted(by_method.items()):
+        done = sorted((r for r in all_runs if r.status == "finished"), key=lambda r: r.seed)
+        if not done:
+            continue
+        m = _method_info(all_runs)
+        finals = [_finite(r.final[metric]) for r in done]
+        mean, std = mean_std(finals)
+        baseline = m["baseline"] or (name if name in baselines_used else None)
+        totals = [_finite(r.final.get("flops/total")) for r in done]
+        # When each seed first reached the value it ended at (its saturation point).
+        own = [
+            first_reach(eval_points(r.records, metric), f)
+            for r, f in zip(done, finals, strict=True)
+        ]
+        own_steps = [None if p is None else p["step"] for p in own]
+        m.update(
+            {
+                "seeds": len(done),
+                "seed_ids": [r.seed for r in done],
+                "runs": [r.name for r in done],
+                "unfinished_runs": [r.name for r in all_runs if r.status != "finished"],
+                "final_metric": mean,
+                "final_metric_std": std,
+                "final_metric_min": min(finals),
+                "final_metric_max": max(finals),
+                "final_metric_per_seed": finals,
+                "final_eval": _final_eval(done),
+                "steps_to_own_final_per_seed": own_steps,
+                "steps_to_own_final": _round_int(median_high(own_steps)),
+                "baseline": baseline,
+                "steps": m["steps"] if m["steps"] is not None else done[0].steps,
+                "total_flops": mean_std(totals)[0],
+                "flops_per_step": _mean_of(per_step_flops(r) for r in done),
+                "step_time_s": _mean_of(median_step_time(r) for r in done),
+                "noisy_selected_frac": _mean_of(_line_mean(r, "noisy_selected_frac") for r in done),
+                "noisy_pool_frac": _mean_of(_line_mean(r, "noisy_pool_frac") for r in done),
+            }
+        )
+        m["_runs"], m["_name"] = done, name
+        out[name] = m
+
+    # Pass 2: everything relative to the baseline and the reference.
+    for m in out.values():
+        base = out.get(m["baseline"]) if m["baseline"] else None
+        ref = out.get(m["reference"]) if m.get("reference") else None
+        target = base["final_metric"] if base else None
+        per_seed = [
+            first_reach(eval_points(r.records, metric), target) if base else None
+            for r in m["_runs"]
+        ]
+        steps = [None if p is None else p["step"] for p in per_seed]
+        flops = [None if p is None else p["flops"] for p in per_seed]
+        examples = [None if p is None else p["examples"] for p in per_seed]
+        m["target"] = target
+        m["steps_to_target_per_seed"] = steps if base else None
+        m["seeds_reaching_target"] = sum(s is not None for s in steps) if base else None
+        m["steps_to_target"] = _round_int(median_high(steps)) if base else None
+        m["flops_to_target_per_seed"] = flops if base else None
+        m["flops_to_target"] = median_high(flops) if base else None
+        m["examples_to_target"] = median_high(examples) if base else None
+        m["reference_training_flops"] = ref["total_flops"] if ref else None
+        needs_ref = bool(m.get("reference"))
+        if m["flops_to_target"] is None:
+            m["flops_to_target_with_ref_training"] = None
+        elif not needs_ref:
+            m["flops_to_target_with_ref_training"] = m["flops_to_target"]
+        else:
+            ref_flops = m["reference_training_flops"]
+            m["flops_to_target_with_ref_training"] = (
+                None if ref_flops is None else m["flops_to_target"] + ref_flops
+            )
+        m["baseline_steps"] = base["steps"] if base else None
+        m["baseline_total_flops"] = base["total_flops"] if base else None
+        m["baseline_final_metric_std"] = base["final_metric_std"] if base else None
+        m["baseline_seeds"] = base["seeds"] if base else None
+        m["speedup"] = m["speedup_vs_baseline_saturation"] = m["flops_speedup"] = None
+        m["wall_ratio_vs_baseline"] = m["flop_ratio_vs_baseline"] = None
+        m["final_minus_baseline"] = (m["final_metric"] - target) if base else None
+    for m in out.values():
+        base = out.get(m["baseline"]) if m["baseline"] else None
+        if base is None:
+            continue
+        m["baseline_steps_to_own_final"] = base["steps_to_own_final"]
+        s = m["steps_to_target"]
+        if s:
+            m["speedup"] = _ratio(base["steps"], s)
+            m["speedup_vs_baseline_saturation"] = _ratio(base["steps_to_own_final"], s)
+        if m["flops_to_target"]:
+            m["flops_speedup"] = _ratio(base["total_flops"], m["flops_to_target"])
+        m["wall_ratio_vs_baseline"] = _ratio(m["step_time_s"], base["step_time_s"])
+        m["flop_ratio_vs_baseline"] = _ratio(m["flops_per_step"], base["flops_per_step"])
+    for m in out.values():
+        m.setdefault("baseline_steps_to_own_final", None)
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0 or math.isnan(a) or math.isnan(b):
+        return None
+    return a / b
+
+
+def _mean_of(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return math.fsum(vals) / len(vals) if vals else None
+
+
+def _line_mean(run: Run, key: str) -> float | None:
+    vals = [_finite(r.get(key)) for r in run.step_lines()]
+    vals = [v for v in vals if not math.isnan(v)]
+    return math.fsum(vals) / len(vals) if vals else None
+
+
+def _final_eval(done: Sequence[Run]) -> dict[str, dict[str, float]]:
+    keys = sorted({k for r in done for k in r.final if k.startswith("eval/")})
+    out = {}
+    for k in keys:
+        vals = [_finite(r.final.get(k)) for r in done]
+        vals = [v for v in vals if not math.isnan(v)]
+        if vals:
+            mean, std = mean_std(vals)
+            out[k] = {"mean": mean, "std": std}
+    return out
+
+
+def gap(joint: dict[str, Any], indep: dict[str, Any]) -> dict[str, Any]:
+    """Joint - independent final-metric gap with its spread.
+
+    Paired by seed when both ran the same seeds (std of the per-seed differences), otherwise
+    the difference of means with std sqrt(std_j^2 + std_i^2).
+    """
+    pj = dict(zip(joint["seed_ids"], joint["final_metric_per_seed"], strict=True))
+    pi = dict(zip(indep["seed_ids"], indep["final_metric_per_seed"], strict=True))
+    common = sorted(set(pj) & set(pi))
+    if common and len(common) == len(pj) == len(pi):
+        g, s = mean_std([pj[k] - pi[k] for k in common])
+        paired = True
+    else:
+        g = joint["final_metric"] - indep["final_metric"]
+        s = math.hypot(joint["final_metric_std"], indep["final_metric_std"])
+        paired = False
+    return {
+        "gap": g,
+        "gap_std": s,
+        "paired": paired,
+        "seeds": min(joint["seeds"], indep["seeds"]),
+        "joint": joint["final_metric"],
+        "joint_std": joint["final_metric_std"],
+        "independent": indep["final_metric"],
+        "independent_std": indep["final_metric_std"],
+        "methods": [joint["_name"], indep["_name"]],
+    }
+
+
+def batch_sweep(methods: dict[str, dict[str, Any]], family: str) -> list[dict[str, Any]]:
+    """Joint vs independent at each batch size of the batch-size sweep (sorted by b).
+
+    Points come from runs tagged ``sweep: batch_size``; the main (untagged) f=0.8 pair joins as
+    one more point when its batch size is not in the sweep and it ran as many steps.
+    """
+    tagged = [
+        m
+        for m in methods.values()
+        if m["tags"].get("sweep") == "batch_size" and m["family"] == family
+    ]
+    if not tagged:
+        return []
+    steps = {m["steps"] for m in tagged}
+    pool = tagged + [
+        m
+        for m in methods.values()
+        if not m["tags"].get("sweep")
+        and m["family"] == family
+        and m["steps"] in steps
+        and "uncurated" not in (m.get("reference") or "")
+    ]
+    by_b: dict[int, dict[str, dict[str, Any]]] = {}
+    for m in pool:
+        crit = (m.get("criterion") or "learnability").replace("-", "_")
+        f = m.get("filter_ratio")
+        if crit != "learnability" or f is None or abs(float(f) - 0.8) > 1e-9:
+            continue
+        if m["selection"] not in ("jest", "independent"):
+            continue
+        b = int(m["tags"].get("batch_size") or m["batch_size"] or 0)
+        slot = by_b.setdefault(b, {})
+        # A tagged run wins over the main run at the same b.
+        if m["selection"] not in slot or m["tags"].get("sweep"):
+            slot[m["selection"]] = m
+    return [
+        {"x": b, **gap(slot["jest"], slot["independent"])}
+        for b, slot in sorted(by_b.items())
+        if "jest" in slot and "independent" in slot
+    ]
