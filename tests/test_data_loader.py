@@ -234,3 +234,46 @@ def test_bad_arguments(split, tmp_path):
         SuperBatchLoader(split, batch_size=0, progress=False)
     with pytest.raises(JestkitError, match="not found"):
         SuperBatchLoader(tmp_path / "nope", batch_size=8, progress=False)
+
+
+def test_global_super_batch_is_the_same_for_any_world_size_and_resumes_across_them(split):
+    """Step j on W ranks is the single-process super-batch j cut into W slices, in rank order."""
+    n_global = 120
+    single = iter(SuperBatchLoader(split, batch_size=n_global, seed=5, progress=False))
+    expected = [sb.uids for sb in _take(single, 11)]  # into the second epoch (8 per epoch)
+    for world in (2, 3, 4):
+        ranks = [
+            SuperBatchLoader(
+                split,
+                batch_size=n_global // world,
+                seed=5,
+                rank=r,
+                world_size=world,
+                progress=False,
+            )
+            for r in range(world)
+        ]
+        its = [iter(loader) for loader in ranks]
+        got = [[u for it in its for u in next(it).uids] for _ in range(11)]
+        assert got == expected
+    # A cursor saved on 2 ranks resumes on 3 (and on 1) at the same global step.
+    two = SuperBatchLoader(split, batch_size=60, seed=5, rank=1, world_size=2, progress=False)
+    _take(iter(two), 9)
+    state = json.loads(json.dumps(two.state_dict()))
+    for world in (1, 3):
+        parts = []
+        for r in range(world):
+            loader = SuperBatchLoader(
+                split,
+                batch_size=n_global // world,
+                seed=5,
+                rank=r,
+                world_size=world,
+                progress=False,
+            )
+            loader.load_state_dict(state)
+            parts += list(next(iter(loader)).uids)
+        assert parts == list(expected[9])
+    other = SuperBatchLoader(split, batch_size=50, seed=5, rank=0, world_size=2, progress=False)
+    with pytest.raises(JestkitError, match="global super-batch of 120"):
+        other.load_state_dict(state)

@@ -509,3 +509,92 @@ def test_overhead_benchmark_flop_model(capsys):
     for r in rows:
         assert r["median_ms"] > 0
         assert r["rel_diff"] == pytest.approx(r["measured_ratio"] / r["flop_ratio"] - 1)
+
+
+# ---------------------------------------------------------------- sweeps, ablations, probes
+
+
+def test_selection_diagnostics_are_means_over_logged_steps(full):
+    _, report = full
+    spec = SPECS["jest-f0.8"]
+    steps = [s for s in range(1, spec["steps"] + 1) if s % LOG_EVERY == 0 or s % EVAL_EVERY == 0]
+    vals = [0.5 + s / spec["steps"] for s in steps]  # what write_run logged, per seed
+    n = len(vals)
+    early = [v for i, v in enumerate(vals) if i < n / 3]
+    late = [v for i, v in enumerate(vals) if i >= 2 * n / 3]
+    d = report["methods"]["jest-f0.8"]["selection_diagnostics"]["sel/joint_term_spread"]
+    assert d["mean"] == pytest.approx(mean(vals))
+    assert d["early"] == pytest.approx(mean(early)) and d["late"] == pytest.approx(mean(late))
+    assert "sel/joint_term_spread" not in report["methods"]["uniform"]["selection_diagnostics"]
+    # The sweep points carry the jest runs' diagnostics; the report renders them.
+    lo = report["batch_sweep"][0]
+    assert lo["jest_diagnostics"]["sel/example_score_spread"]["mean"] == pytest.approx(2.0)
+    assert "Did the joint terms have anything to work with?" in (full[0] / "report.md").read_text()
+    assert "plots/joint_terms_vs_b_mlp.png" in [p["file"] for p in report["plots"]]
+
+
+def test_bias_ablation_pairs_each_method_with_its_default_twin(full):
+    _, report = full
+    (row,) = report["bias_ablation"]
+    assert row["method"] == "jest-f0.8-bias0" and row["default"] == "jest-f0.8"
+    assert row["final"] == pytest.approx(mean(finals("jest-f0.8-bias0", SPECS)))
+    assert row["default_final"] == pytest.approx(mean(finals("jest-f0.8", SPECS)))
+    assert row["default_final_std"] == pytest.approx(std(finals("jest-f0.8", SPECS)))
+    assert "## Bias-initialisation ablation" in (full[0] / "report.md").read_text()
+
+
+def test_scorer_ablation_against_the_full_scoring_run(tmp_path):
+    specs = {k: SPECS[k] for k in ("reference-curated", "uniform", "jest-f0.8")}
+    specs["jest-f0.8-proxy"] = dict(
+        SPECS["jest-f0.8"], offsets=[-0.01, 0.0, 0.002], flops=4e9, top=0.30,
+        tags={"sweep": "scorer", "scorer": "proxy", "compare": "jest-f0.8"},
+    )  # fmt: skip
+    root = make_suite(tmp_path, specs)
+    report = build_report(root, plots=False)
+    (row,) = report["scorer_ablation"]
+    assert row["compare"] == "jest-f0.8" and row["scorer"] == "proxy"
+    # write_run: learner_score = 0.6 * flops per step; total = once + steps * flops.
+    assert row["score_flops_ratio"] == pytest.approx(4e9 / 8e9)
+    assert row["total_flops_ratio"] == pytest.approx((2e11 + 1000 * 4e9) / (2e11 + 1000 * 8e9))
+    cheap, full_ = finals("jest-f0.8-proxy", specs), finals("jest-f0.8", specs)
+    diffs = [a - b for a, b in zip(cheap, full_, strict=True)]
+    assert row["gap"]["gap"] == pytest.approx(mean(diffs))
+    assert row["gap"]["gap_std"] == pytest.approx(std(diffs))
+    assert "## Cheap scoring" in (root / "report.md").read_text()
+    # Tagged: no claim picks it as the main jest-f0.8 method.
+    assert all("jest-f0.8-proxy" not in c["methods"] for c in report["claims"])
+
+
+def test_probe_files_are_rendered(tmp_path):
+    root = make_suite(tmp_path, {k: SPECS[k] for k in ("uniform", "jest-f0.8")})
+    by_b = {
+        "b": 256, "n": 1280, "batches": 2, "overlap_jest_independent": 0.5,
+        "overlap_independent_redraw": 0.6, "overlap_jest_redraw": 0.55,
+        "example_score_std": 2.0, "joint_term_std": 1.0,
+        "share": {s: {"clean": 0.8, "junk_caption": 0.2} for s in ("pool", "jest", "independent")},
+        "joint_mean": {"clean": {"n": 10, "total": 0.1, "learner": 0.3, "reference": -0.2,
+                                 "example_score": 1.0}},
+        "twin_pairs": {"present": 4, "jest_both": 1, "jest_one": 2, "independent_both": 0,
+                       "independent_one": 3},
+    }  # fmt: skip
+    joint = {"runs": [{"name": "traj", "method": "jest", "batch_size": 256,
+                       "checkpoints": [{"step": 100, "by_b": [by_b]}]}]}  # fmt: skip
+    (root / "analysis.json").write_text(json.dumps(joint))
+    agreement = {"scorer_agreement": [{"run": "x/jest-proxy", "step": 750, "scorer": "proxy",
+                 "overlap": 0.41, "overlap_redraw": 0.58, "noisy_scorer": 0.2,
+                 "noisy_live": 0.15, "noisy_pool": 0.27}]}  # fmt: skip
+    (root / "scorer_agreement.json").write_text(json.dumps(agreement))
+    timing = {"scorer_timing": [{"run": "x/jest", "b": 256, "n": 1280, "scorer": "proxy",
+              "ms_per_step": 12.5, "vs_learner_scoring": 0.25, "vs_train_step": 0.4,
+              "flops_per_step": 1.5e9}]}  # fmt: skip
+    (root / "scorer_timing.json").write_text(json.dumps(timing))
+    report = build_report(root, plots=False)
+    assert report["probes"]["joint"] == joint
+    md = (root / "report.md").read_text()
+    assert "## Which examples the joint terms favour (probe)" in md
+    assert "| 100 | 256 | 0.50 (0.60, 0.55) | 1/4 / 0/4 |" in md
+    assert "| `jest-proxy` | 750 | proxy | 0.41 | 0.58 | 20.0% / 15.0% / 27.0% |" in md
+    assert "| `jest` | 256 (1280) | proxy | 12.5 | 0.25 | 0.40 | 1.5e+09 |" in md
+    (root / "analysis.json").write_text("{not json")
+    with pytest.raises(JestkitError, match=r"analysis\.json: cannot read it as JSON"):
+        build_report(root, plots=False)

@@ -8,8 +8,9 @@ import statistics
 
 import pytest
 
+from jestkit.errors import JestkitError
 from jestkit.metrics import read_metrics
-from jestkit.reproduce import SIZES, plan_suite, reproduce
+from jestkit.reproduce import SIZES, plan_suite, reproduce, run_config, same_run, select_runs
 
 REQUIRED = ("uniform", "independent-f0.8", "jest-f0.5", "jest-f0.8", "jest-f0.9")
 
@@ -103,3 +104,103 @@ def test_an_interrupted_suite_continues(suite, monkeypatch):
         again["methods"]["jest-f0.8"]["final_metric"]
         == report["methods"]["jest-f0.8"]["final_metric"]
     )
+
+
+def test_sweeps_size_plans_the_sweep_and_the_ablation():
+    size = SIZES["sweeps"]
+    runs = plan_suite(size)
+    refs = [r for r in runs if r.kind == "reference"]
+    assert sorted((r.method, r.seed) for r in refs) == [
+        ("reference-curated", 0),
+        ("reference-curated", 1),
+        ("reference-uncurated", 0),
+        ("reference-uncurated", 1),
+    ]
+    assert {r.name for r in refs if r.seed == 0} == {"reference-curated", "reference-uncurated"}
+    main = {r.method for r in runs if r.kind == "learner" and not r.tags}
+    assert main == {"uniform", "independent-f0.8", "jest-f0.8"}
+    sweep = [r for r in runs if r.tags.get("sweep") == "batch_size"]
+    assert sorted({r.batch_size for r in sweep}) == [256, 1024, 2048, 4096]
+    for r in sweep:
+        # Same steps at every b; each b against its own uniform baseline, in the main family.
+        assert r.steps == size.sweep_steps and r.eval_every == size.sweep_eval_every
+        assert r.baseline == f"uniform-b{r.batch_size}" and r.family == "mlp"
+        assert f"train.batch_size={r.batch_size}" in r.overrides
+    assert len(sweep) == 4 * 3 * size.seeds_secondary
+    bias = [r for r in runs if r.tags.get("sweep") == "bias_init"]
+    assert {r.method for r in bias} == {
+        "uniform-bias0",
+        "jest-f0.8-bias0",
+        "independent-f0.8-bias0",
+    }
+    assert all("model.init_logit_bias=0.0" in r.overrides and r.steps == size.steps for r in bias)
+    # Learners score with seed 0 of the curated reference; the other seeds only give a spread.
+    assert {r.reference for r in runs if r.kind == "learner"} <= {None, "reference-curated"}
+
+
+def test_only_takes_regexes_and_keeps_the_references_needed():
+    runs = plan_suite(SIZES["sweeps"])
+    chosen = select_runs(runs, [r".*-b4096"])
+    assert {r.name for r in chosen if r.kind == "reference"} == {"reference-curated"}
+    assert {r.batch_size for r in chosen if r.kind == "learner"} == {4096}
+    assert len([r for r in chosen if r.kind == "learner"]) == 3 * 2
+    # A method name is its own regex; a name selects one run.
+    assert {r.name for r in select_runs(runs, ["uniform"])} == {
+        "uniform-s0",
+        "uniform-s1",
+        "uniform-s2",
+    }
+    assert [r.name for r in select_runs(runs, ["jest-f0.8-s1"])] == [
+        "reference-curated",
+        "jest-f0.8-s1",
+    ]
+    with pytest.raises(JestkitError, match=r"--only: '\(' is not a regular expression"):
+        select_runs(runs, ["("])
+    with pytest.raises(JestkitError, match=r"--only: 'jest-f0\.9' matches no run"):
+        select_runs(runs, ["jest-f0.9"])
+
+
+def test_same_run_compares_configs_but_not_suite_folders(tmp_path):
+    size = SIZES["smoke"]
+    spec = next(r for r in plan_suite(size) if r.name == "jest-f0.8-s0")
+    cfg = run_config(spec, size, tmp_path / "a")
+    saved = run_config(spec, size, tmp_path / "b").to_dict()
+    assert same_run(saved, cfg) == []  # the reference lives in another suite folder: same run
+    saved["train"]["progress"] = True  # may change on resume: ignored
+    del saved["selection"]["score_refresh"]  # a key added since, at its default: same run
+    assert same_run(saved, cfg) == []
+    saved["optim"]["lr"] = 0.5
+    saved["selection"]["reference"] = str(tmp_path / "b" / "references" / "reference-uncurated")
+    diffs = same_run(saved, cfg)
+    assert len(diffs) == 2 and any("optim.lr: 0.5" in d for d in diffs)
+    assert any("selection.reference: 'reference-uncurated'" in d for d in diffs)
+    saved = run_config(spec, size, tmp_path).to_dict()
+    del saved["selection"]["score_refresh"]
+    cfg.selection.score_refresh = 3
+    assert same_run(saved, cfg) == ["selection.score_refresh: missing, now 3"]
+
+
+def test_reuse_links_finished_runs_instead_of_training(suite, tmp_path, monkeypatch):
+    out, report = suite
+    monkeypatch.setenv("JESTKIT_CACHE", str(tmp_path / "cache"))
+    new = tmp_path / "new"
+    again = reproduce(new, mode="smoke", jobs=1, reuse=out, only=["uniform", "jest-f0.8"])
+    for name in ("uniform-s0", "jest-f0.8-s0", "reference-curated"):
+        assert (new / "runs" / name).is_symlink()
+        assert (new / "runs" / name).resolve() == (out / "runs" / name).resolve()
+    assert (new / "caches" / "reference-curated").resolve() == (
+        out / "caches" / "reference-curated"
+    ).resolve()
+    for method in ("uniform", "jest-f0.8"):
+        assert again["methods"][method]["final_metric"] == report["methods"][method]["final_metric"]
+    # An old suite.json without the size fields added since is still the same size.
+    path = new / "suite.json"
+    old = json.loads(path.read_text())
+    for key in ("reference_seeds", "main_methods", "sweep_batch_sizes", "sweep_steps"):
+        del old["size"][key]
+    path.write_text(json.dumps(old))
+    reproduce(new, mode="smoke", jobs=1, only=["uniform"])
+    with pytest.raises(JestkitError, match="holds a suite of another size"):
+        reproduce(new, mode="quick", jobs=1, only=["uniform"])
+    with pytest.raises(JestkitError, match=r"--reuse .*: not a suite folder"):
+        reproduce(tmp_path / "other", mode="smoke", jobs=1, reuse=tmp_path, only=["uniform"])

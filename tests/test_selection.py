@@ -459,12 +459,34 @@ def test_selection_stats_match_naive_loops():
         "example_score_spread": np.std([a[i, i] for i in s]),
         "joint_term_spread": np.std(joint),
         "batch_score_selected": sum(a[i, j] for i in s for j in s) / k,
+        "neg_score_selected": np.mean([a[i, j] for i, j in off]),
+        "pool_example_score_spread": np.std(np.diag(a)),
+        # every unselected candidate (25 - 6 < POOL_PROBE): its joint term given the whole S
+        "pool_joint_term_spread": np.std(
+            [sum(a[i, p] + a[p, i] for i in s) for p in range(25) if p not in s]
+        ),
         "pool_size": 25.0,
         "batch_size": float(k),
     }
     assert set(stats) == set(want)
     for key, value in want.items():
         assert stats[key] == pytest.approx(float(value), rel=1e-9, abs=1e-12), key
+
+
+def test_selection_stats_probe_is_the_first_unselected(monkeypatch):
+    import jestkit.selection as sel
+
+    learner, reference = _problem(30, seed=54)
+    idx = torch.tensor([4, 0, 9, 13])
+    monkeypatch.setattr(sel, "POOL_PROBE", 5)
+    stats = selection_stats(learner, reference, idx, "learnability")
+    a = (
+        sigmoid_pair_losses(learner.image, learner.text, learner.scale, learner.bias)
+        - sigmoid_pair_losses(reference.image, reference.text, reference.scale, reference.bias)
+    ).numpy()
+    probe = [p for p in range(30) if p not in idx.tolist()][:5]
+    joint = [sum(a[i, p] + a[p, i] for i in idx.tolist()) for p in probe]
+    assert stats["pool_joint_term_spread"] == pytest.approx(float(np.std(joint)), rel=1e-9)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -141,9 +141,9 @@ def test_missing_reference_cache_is_an_error(tmp_path):
 
 
 def test_nonfinite_loss_stops_with_step(tmp_path, monkeypatch):
-    import jestkit.train as train_mod
+    from jestkit.losses import SigLipLoss
 
-    real = train_mod.siglip_loss
+    real = SigLipLoss.forward
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -151,10 +151,38 @@ def test_nonfinite_loss_stops_with_step(tmp_path, monkeypatch):
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 15 else loss
 
-    monkeypatch.setattr(train_mod, "siglip_loss", poisoned)
+    monkeypatch.setattr(SigLipLoss, "forward", poisoned)
     out = tmp_path / "nan"
     with pytest.raises(JestkitError, match=r"non-finite loss .* at step 15.*step-00000010"):
         train(debug("train.checkpoint_every=10"), out)
     # The last good checkpoint is kept; the broken step is not written.
     assert [p.name for p in list_checkpoints(out)] == [checkpoint_name(10)]
     assert max(r["step"] for r in read_metrics(out / "metrics.jsonl")) == 14
+
+
+def test_selection_stats_off_logs_no_diagnostics_and_selects_the_same(tmp_path):
+    """`selection.stats=false` drops the k x k diagnostics, nothing else: same losses, same data."""
+    on = train(debug("train.steps=6", "train.eval_every=0"), tmp_path / "on")
+    off = train(
+        debug("train.steps=6", "train.eval_every=0", "selection.stats=false"), tmp_path / "off"
+    )
+    assert on == off
+    rows_on = read_metrics(tmp_path / "on" / "metrics.jsonl")
+    rows_off = read_metrics(tmp_path / "off" / "metrics.jsonl")
+    assert any(k.startswith("sel/score_") for k in rows_on[0])
+    assert not any(k.startswith("sel/score_") for k in rows_off[0])
+    for a, b in zip(rows_on[:-1], rows_off[:-1], strict=True):
+        assert a["loss"] == b["loss"] and a["noisy_selected_frac"] == b["noisy_selected_frac"]
+
+
+def test_a_checkpoint_that_predates_a_config_key_resumes_if_the_key_keeps_its_default():
+    from jestkit.train import config_mismatch
+
+    current = debug().to_dict()
+    older = json.loads(json.dumps(current))
+    del older["selection"]["score_mode"]  # as if written before `selection.score_mode` existed
+    assert config_mismatch(older, current) == []
+    changed = debug("selection.score_mode=rowcol").to_dict()
+    assert config_mismatch(older, changed) == [
+        "selection.score_mode: checkpoint 'diagonal', now 'rowcol'"
+    ]

@@ -43,6 +43,7 @@ import torch
 from safetensors import SafetensorError
 
 from jestkit.errors import JestkitError, check
+from jestkit.faults import fault_point
 from jestkit.fsutil import fsync_dir
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -316,15 +317,19 @@ def save_checkpoint(
         _clean_stale(root)
         tmp.mkdir()
         _write_model_files(tmp, _unwrap(model), tokenizer)
+        fault_point("checkpoint.model", final.name)  # crash tests (jestkit.faults); else no-op
         torch.save(dict(train_state), tmp / TRAIN_STATE_FILE)
+        fault_point("checkpoint.state", final.name)
         _write_manifest(tmp, step)  # hashes + fsyncs every file, then writes COMPLETE last
         fsync_dir(tmp)
+        fault_point("checkpoint.manifest", final.name)
         if final.exists():  # the same step saved again: keep the old version findable meanwhile
             if old.exists():
                 shutil.rmtree(old)
             os.rename(final, old)
         os.rename(tmp, final)
         fsync_dir(root)
+        fault_point("checkpoint.renamed", final.name)
     except (OSError, RuntimeError, SafetensorError) as e:
         # RuntimeError / SafetensorError: how torch.save and safetensors report a failed write.
         hint = _space_hint(root)  # measured before the partial files are removed
@@ -340,6 +345,7 @@ def save_checkpoint(
             f"wrote {final} but cannot update {root / LATEST_FILE}: {e} "
             "(latest still points to the previous checkpoint)"
         ) from e
+    fault_point("checkpoint.committed", final.name)
     for p in root.iterdir():  # old versions of re-saved steps are superseded by the commit
         m = _REPLACED_RE.match(p.name)
         if m and not _pid_alive(int(m.group(2))):

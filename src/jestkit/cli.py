@@ -30,11 +30,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("jestkit.train", "train a learner (or a reference) with a selector"),
     "eval": ("jestkit.evaluate", "evaluate a checkpoint: retrieval and zero-shot classification"),
     "reproduce": ("jestkit.reproduce", "reproduce the paper's claims on the embedded dataset"),
+    "pipeline": (
+        "jestkit.pipeline",
+        "your own data end to end: reference, cache, JEST learner, eval, report",
+    ),
     "report": ("jestkit.report", "write report.md/report.json/plots for a reproduce suite folder"),
     "score": ("jestkit.curation", "per-example reference/learnability scores as a parquet sidecar"),
     "filter": ("jestkit.curation", "keep the top fraction of a scores file: sorted uid array"),
     "flops": ("jestkit.flops", "print analytic FLOPs of a registered model"),
-    "bench": ("jestkit.benchmarks", "run a benchmark: selection | models | data | overhead"),
+    "bench": (
+        "jestkit.benchmarks",
+        "run a benchmark: selection | models | data | overhead | distributed",
+    ),
 }
 
 
@@ -64,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except JestkitError as e:
+        print(f"jestkit {name}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only folder, ...: the OS message names the path
         print(f"jestkit {name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

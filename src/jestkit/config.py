@@ -20,6 +20,7 @@ from jestkit.errors import JestkitError, check
 
 SELECTION_METHODS = ("uniform", "independent", "jest", "flexi-jest")
 CRITERIA = ("learnability", "hard_learner", "easy_reference")
+SCORERS = ("learner", "proxy")
 
 
 @dataclass
@@ -61,6 +62,18 @@ class SelectionConfig:
     score_mode: str = "diagonal"  # independent per-example score: diagonal | rowcol
     score_batch_size: int = 256  # embed the super-batch in chunks of this many (0: at once)
     score_patch_size: int = 0  # 0: full resolution; flexi-jest defaults to the largest patch size
+    # Log `sel/*` diagnostics every step (a k x k block of pair scores: turn off at b ~ 32k).
+    stats: bool = True
+    # Cheaper learner-side scoring (jestkit.scorers): "learner" (the learner itself; with
+    # score_refresh=k > 1 a copy refreshed every k steps, its embeddings cached by uid) or
+    # "proxy" (a small dual encoder trained online on the selected batches).
+    scorer: str = "learner"
+    score_refresh: int = 1
+    proxy_model: str = "mlp-tiny-56"  # a registered model; image size/vocab follow the learner's
+    proxy_overrides: dict[str, Any] = field(
+        default_factory=lambda: {"image_width": 64, "text_width": 32, "embed_dim": 32}
+    )
+    proxy_lr: float = 0.0  # 0: optim.lr
     # Reference model folder; "" = train one on `reference_split` (embedded data only).
     reference: str = ""
     # Reference cache folder; "" = build/reuse one automatically; "online" = run it every step.
@@ -230,6 +243,7 @@ def paper_b16() -> RunConfig:
     cfg.train.eval_every = 5000
     cfg.train.checkpoint_every = 1000
     cfg.selection.method = "flexi-jest"
+    cfg.selection.stats = False  # the k x k diagnostics: ~3 TFLOP per step at this b
     cfg.optim.lr = 1e-3
     cfg.optim.warmup_steps = 10_000
     return cfg
@@ -376,6 +390,28 @@ def validate(cfg: RunConfig) -> RunConfig:
     check(
         s.reference_steps >= 1, f"selection.reference_steps must be >= 1, got {s.reference_steps}"
     )
+    check(
+        s.scorer in SCORERS,
+        f"selection.scorer: unknown {s.scorer!r}; known: {list(SCORERS)}",
+    )
+    check(s.score_refresh >= 1, f"selection.score_refresh must be >= 1, got {s.score_refresh}")
+    check(
+        s.scorer == "learner" or s.score_refresh == 1,
+        f"selection.score_refresh={s.score_refresh} refreshes a learner snapshot; it cannot be "
+        f"combined with selection.scorer={s.scorer!r}",
+    )
+    check(s.proxy_lr >= 0, f"selection.proxy_lr must be >= 0, got {s.proxy_lr}")
+    if s.scorer == "proxy":
+        from jestkit.models import list_models
+
+        check(
+            s.proxy_model in list_models(),
+            f"selection.proxy_model: unknown model {s.proxy_model!r}; known: {list_models()}",
+        )
+        check(
+            isinstance(s.proxy_overrides, dict),
+            f"selection.proxy_overrides must be a JSON object, got {s.proxy_overrides!r}",
+        )
     check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
     check(
         0.0 <= o.beta1 < 1.0 and 0.0 <= o.beta2 < 1.0,

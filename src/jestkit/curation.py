@@ -197,11 +197,13 @@ def _check_out(out: Path, overwrite: bool, flag: str = "--out") -> None:
 
 def _atomic(out: Path, write) -> None:
     """``write(tmp_path)`` then rename into place: readers never see a half-written file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, out)
+    except OSError as e:  # a full disk or read-only folder (pyarrow raises OSError too)
+        raise JestkitError(f"--out {out}: cannot write it ({e})") from e
     finally:
         if tmp.exists():
             tmp.unlink()

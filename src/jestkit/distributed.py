@@ -1,14 +1,28 @@
-"""torch.distributed set-up from the torchrun environment; a no-op world of one otherwise."""
+"""torch.distributed set-up from the torchrun environment; a no-op world of one otherwise.
+
+The training loop uses only what is here plus :class:`jestkit.losses.SigLipLoss` and
+:class:`jestkit.distributed_selection.DistributedSelector`: join the group (NCCL on GPU, gloo on
+CPU), check every rank runs the same config, let rank 0 prepare shared files first, average
+gradients, and reduce logged values. With one process every helper returns at once.
+"""
 
 from __future__ import annotations
 
+import datetime
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
-from jestkit.errors import check
+from jestkit.errors import JestkitError, check
+
+T = TypeVar("T")
+
+# Gradients are averaged in flat buckets of about this many bytes (one collective per bucket).
+BUCKET_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -43,16 +57,52 @@ def resolve_device(name: str, world: World | None = None) -> torch.device:
 def init_from_env() -> World:
     """Join the process group that torchrun describes in the environment (NCCL on GPU, gloo on CPU)."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        if dist.is_available() and dist.is_initialized():  # a caller set the group up itself
+            return World(dist.get_rank(), dist.get_world_size(), dist.get_rank())
         return World()
-    world = World(
-        rank=int(os.environ["RANK"]),
-        world_size=int(os.environ["WORLD_SIZE"]),
-        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-    )
+    try:
+        world = World(
+            rank=int(os.environ["RANK"]),
+            world_size=int(os.environ["WORLD_SIZE"]),
+            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        )
+    except ValueError:
+        raise JestkitError(
+            f"RANK={os.environ['RANK']!r} / WORLD_SIZE={os.environ['WORLD_SIZE']!r} / "
+            f"LOCAL_RANK={os.environ.get('LOCAL_RANK')!r}: expected integers (set by torchrun)"
+        ) from None
     if world.world_size > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(
+            backend=backend,
+            store=_attempt_store(world),
+            rank=world.rank,
+            world_size=world.world_size,
+        )
     return world
+
+
+def _attempt_store(world: World) -> dist.Store | None:
+    """torchrun's store, namespaced by restart attempt (None: let torch read the environment).
+
+    After `--max-restarts` restarts a failed group, the new workers must not read the dead
+    workers' gloo addresses still in the agent's store (seen here: "connectFullMesh failed ...
+    Connection refused", then a hang); a per-attempt prefix keeps each attempt's keys apart.
+    """
+    host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if host is None or port is None:
+        return None
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        host,
+        int(port),
+        world.world_size,
+        is_master=not agent_store and world.rank == 0,
+        timeout=datetime.timedelta(minutes=10),
+        multi_tenant=not agent_store,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"jestkit/attempt-{attempt}", store)
 
 
 def barrier(world: World) -> None:
@@ -63,3 +113,85 @@ def barrier(world: World) -> None:
 def shutdown(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def main_first(world: World, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0, then on the other ranks (which then find its files ready)."""
+    if not world.is_main:
+        barrier(world)
+    try:
+        return fn()
+    finally:
+        if world.is_main:
+            barrier(world)
+
+
+def check_same_config(world: World, config: dict) -> None:
+    """Every rank must train the same run: compare each rank's config with rank 0's at start."""
+    if not world.distributed:
+        return
+    configs: list = [None] * world.world_size
+    dist.all_gather_object(configs, config)
+
+    def flat(cfg: dict) -> dict[str, object]:
+        return {
+            f"{section}.{key}" if isinstance(values, dict) else section: value
+            for section, values in cfg.items()
+            for key, value in (values.items() if isinstance(values, dict) else [("", values)])
+        }
+
+    first = flat(configs[0])
+    diffs = [
+        f"{key}: rank 0 has {first.get(key)!r}, rank {rank} has {value!r}"
+        for rank, cfg in enumerate(configs[1:], start=1)
+        for key, value in flat(cfg).items()
+        if first.get(key) != value
+    ]
+    if diffs:
+        raise JestkitError("the ranks were started with different configs: " + "; ".join(diffs))
+
+
+def broadcast_parameters(world: World, module: torch.nn.Module) -> None:
+    """Start every rank from rank 0's weights (they already agree when seeded alike: insurance)."""
+    if world.distributed:
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
+def average_gradients(world: World, params: Iterable[torch.nn.Parameter]) -> None:
+    """All-reduce the mean gradient in flat buckets (a missing gradient counts as zero)."""
+    if not world.distributed:
+        return
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for p in params:
+        bucket.append(p.grad)
+        size += p.grad.numel() * p.grad.element_size()
+        if size >= BUCKET_BYTES:
+            _reduce_bucket(bucket, world.world_size)
+            bucket, size = [], 0
+    if bucket:
+        _reduce_bucket(bucket, world.world_size)
+
+
+def _reduce_bucket(grads: list[torch.Tensor], world_size: int) -> None:
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def all_sum(world: World, values: list[float], device: torch.device) -> list[float]:
+    """Sum a few floats over ranks (one small collective; identity on one process)."""
+    if not world.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from jestkit.errors import JestkitError, check
+from jestkit.faults import fault_point
 
 # Elements of one similarity block: 2^24 floats = 64 MiB, so N = 50k uses ~335 rows at a time.
 BLOCK_ELEMENTS = 1 << 24
@@ -439,6 +440,8 @@ class Evaluator:
         self.source = source
         cut = slice(None, max_examples)
         self.images = self.tokens = self.caption_groups = self.image_groups = None
+        if images is not None and len(images) == 0:
+            images = None  # an empty split (or one whose every record was skipped) is absent
         if images is not None:
             check(
                 captions is not None and len(captions) == len(images),
@@ -499,6 +502,7 @@ class Evaluator:
         def encode_image(x: torch.Tensor) -> torch.Tensor:
             return model.encode_image(x, patch_size=None)
 
+        fault_point("eval.start")  # crash tests (jestkit.faults); otherwise a no-op
         with inference_mode(model):
             if self.images is not None:
                 img = _encode(encode_image, self.images, bs, device)
@@ -511,6 +515,7 @@ class Evaluator:
                         image_groups=self.image_groups.to(device),
                     )
                 )
+                fault_point("eval.retrieval")
             if self.zeroshot_images is not None:
                 cls_emb = _class_embeddings_from_tokens(
                     model, self.prompt_tokens, len(self.classes), bs

@@ -142,24 +142,35 @@ def clip_loss(image_emb: Tensor, text_emb: Tensor, scale: float | Tensor) -> Ten
 
 class _GatherWithGrad(torch.autograd.Function):
     """All ranks' rows, concatenated in rank order; the backward sums every rank's gradient and
-    hands each rank the slice of its own rows (gloo and NCCL alike)."""
+    hands each rank the slice of its own rows (gloo and NCCL alike).
+
+    ``counts[r]`` rows live on rank r (JEST's selection leaves ranks uneven shares of the global
+    batch); collectives need equal shapes, so each rank pads to ``max(counts)`` on the wire.
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor, rank: int, world_size: int) -> Tensor:
+    def forward(ctx, x: Tensor, rank: int, counts: tuple[int, ...]) -> Tensor:
         import torch.distributed as dist
 
-        parts = [torch.empty_like(x) for _ in range(world_size)]
-        dist.all_gather(parts, x.contiguous())
-        ctx.rank, ctx.rows = rank, x.shape[0]
-        return torch.cat(parts, dim=0)
+        width = max(counts)
+        padded = x.new_zeros((width, *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded)
+        ctx.rank, ctx.counts, ctx.width = rank, counts, width
+        return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)], dim=0)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         import torch.distributed as dist
 
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        return grad.narrow(0, ctx.rank * ctx.rows, ctx.rows), None, None
+        padded = grad.new_zeros((len(ctx.counts) * ctx.width, *grad.shape[1:]))
+        offset = 0
+        for r, c in enumerate(ctx.counts):
+            padded[r * ctx.width : r * ctx.width + c] = grad[offset : offset + c]
+            offset += c
+        dist.all_reduce(padded)
+        return padded.narrow(0, ctx.rank * ctx.width, ctx.counts[ctx.rank]), None, None
 
 
 class SigLipLoss(nn.Module):
@@ -168,9 +179,10 @@ class SigLipLoss(nn.Module):
     With ``world_size == 1`` this is :func:`siglip_loss`. With ``world_size > 1`` (an initialised
     ``torch.distributed`` process group), each rank scores its local images against the texts of
     *all* ranks (gathered with autograd, open_clip's "gather" variant): positives are the local
-    diagonal block, everything else is negative, and the loss is normalised by the local batch
-    size, so averaging gradients over ranks (DDP) gives the gradient of the global loss. All ranks
-    must hold the same local batch size.
+    rows' own texts, everything else is negative. The loss is normalised so that the *mean over
+    ranks* is the global loss, so averaging gradients over ranks (as DDP does) gives the gradient
+    of the global loss. Ranks may hold different numbers of rows (``counts``, the same on every
+    rank): JEST's selection does not split the global batch evenly.
     """
 
     def __init__(self, rank: int = 0, world_size: int = 1) -> None:
@@ -182,10 +194,7 @@ class SigLipLoss(nn.Module):
         self.rank = rank
         self.world_size = world_size
 
-    def gather_texts(self, text_emb: Tensor) -> Tensor:
-        """All ranks' texts, concatenated in rank order, with gradients flowing back to each rank."""
-        if self.world_size == 1:
-            return text_emb
+    def _check_group(self) -> None:
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
@@ -198,7 +207,26 @@ class SigLipLoss(nn.Module):
                 f"SigLipLoss world_size={self.world_size} but the process group has "
                 f"{dist.get_world_size()} ranks"
             )
-        return _GatherWithGrad.apply(text_emb, self.rank, self.world_size)
+
+    def _counts(self, n: int, counts) -> tuple[int, ...]:
+        if counts is None:
+            return (n,) * self.world_size
+        counts = tuple(int(c) for c in counts)
+        if len(counts) != self.world_size or min(counts) < 0 or counts[self.rank] != n:
+            raise JestkitError(
+                f"counts={list(counts)} must list world_size={self.world_size} non-negative row "
+                f"counts with counts[rank={self.rank}] equal to the local batch size {n}"
+            )
+        if sum(counts) == 0:
+            raise JestkitError("counts: the global batch is empty")
+        return counts
+
+    def gather_texts(self, text_emb: Tensor, counts=None) -> Tensor:
+        """All ranks' texts, concatenated in rank order, with gradients flowing back to each rank."""
+        if self.world_size == 1:
+            return text_emb
+        self._check_group()
+        return _GatherWithGrad.apply(text_emb, self.rank, self._counts(len(text_emb), counts))
 
     def forward(
         self,
@@ -206,14 +234,21 @@ class SigLipLoss(nn.Module):
         text_emb: Tensor,
         logit_scale: float | Tensor,
         logit_bias: float | Tensor,
+        counts: list[int] | tuple[int, ...] | None = None,
     ) -> Tensor:
-        """Loss of the local batch; ``logit_scale`` is the multiplier ``t`` (already exponentiated)."""
+        """This rank's share of the loss; ``logit_scale`` is the multiplier ``t`` (exponentiated).
+
+        ``counts``: rows on each rank (None: every rank holds as many as this one).
+        """
         _check_pair(image_emb, text_emb, square=True)
         if self.world_size == 1:
             return siglip_loss(image_emb, text_emb, logit_scale, logit_bias)
-        texts = self.gather_texts(text_emb)
-        n = image_emb.shape[0]
+        counts = self._counts(image_emb.shape[0], counts)
+        texts = self.gather_texts(text_emb, counts)
+        n, offset = counts[self.rank], sum(counts[: self.rank])
         logits = pair_logits(image_emb, texts, logit_scale, logit_bias)
-        # Positives: local image i with this rank's text i (offset by rank * n in the gathered set).
-        logits.narrow(1, self.rank * n, n).diagonal().neg_()
-        return F.softplus(logits).sum() / n
+        # Positives: local image i with this rank's text i (offset by the ranks before it).
+        logits.narrow(1, offset, n).diagonal().neg_()
+        # (sum of this rank's pair terms) / (global batch), times world_size: the mean over ranks
+        # is then the global loss
+        return F.softplus(logits).sum() * (self.world_size / sum(counts))

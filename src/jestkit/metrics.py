@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from jestkit.errors import JestkitError, check
+from jestkit.faults import fault_point
 
 # ----------------------------------------------------------------------------- JSON records
 
@@ -160,8 +161,9 @@ class MetricsWriter:
         tensorboard_dir: also log every numeric scalar (nested keys joined with '/') to a
             ``torch.utils.tensorboard.SummaryWriter`` there. Needs the ``tensorboard`` package.
         truncate_after_step: resume from a checkpoint of this step: first drop every existing line
-            whose ``step`` is greater (atomic rewrite), and TensorBoard events after it. ``-1``
-            empties the file: a fresh start in a folder where a run died before its first checkpoint.
+            whose ``step`` is greater and any ``"final": true`` line (atomic rewrite), and
+            TensorBoard events after it. ``-1`` empties the file: a fresh start in a folder where
+            a run died before its first checkpoint.
         fsync_every: also ``os.fsync`` every k lines (0: flush only; the OS still has the data
             after a process kill, fsync guards against power loss).
     """
@@ -211,6 +213,7 @@ class MetricsWriter:
         """Append ``record`` (a dict with an int ``step``) as one line and flush it."""
         line = _encode(record)
         try:
+            fault_point("metrics.write", f"step {record['step']}", lambda: self._torn(line))
             self._file.write(line)
             self._file.flush()
             self._lines += 1
@@ -223,10 +226,18 @@ class MetricsWriter:
             for tag, value in _scalars(record).items():
                 self._tb.add_scalar(tag, value, step)
 
+    def _torn(self, line: bytes) -> None:
+        """Half a line on disk: what a crash in the middle of a write leaves (crash tests)."""
+        self._file.write(line[: len(line) // 2])
+        self._file.flush()
+
     def flush(self) -> None:
         """Flush and fsync the file (and TensorBoard), e.g. before a checkpoint."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as e:
+            raise JestkitError(f"cannot write to metrics file {self.path}: {e}") from e
         if self._tb is not None:
             self._tb.flush()
 
@@ -246,8 +257,12 @@ class MetricsWriter:
 
 
 def _after(record: Mapping[str, Any], step: int) -> bool:
+    """Dropped when resuming from step ``step``: later steps, and a final line (the resumed run
+    writes its own, identical one: re-running a finished run must not duplicate it)."""
     s = record.get("step")
-    return isinstance(s, int) and not isinstance(s, bool) and s > step
+    return record.get("final") is True or (
+        isinstance(s, int) and not isinstance(s, bool) and s > step
+    )
 
 
 def _summary_writer(log_dir: str | os.PathLike, truncate_after_step: int | None) -> Any:

@@ -3,6 +3,9 @@
     jestkit reproduce --out runs/repro            # the default suite (~30 min on 2 CPU cores)
     jestkit reproduce --quick --out runs/quick    # a 3-minute smoke version
     jestkit reproduce --full --out runs/full      # every ablation, more seeds, the batch-size sweep
+    jestkit reproduce --sweeps --out runs/sweeps --reuse runs/default --jobs 1 --threads 1
+                                                  # the batch-size sweep + bias-init ablation only
+    jestkit reproduce --full --only 'uniform|jest-f0.8.*' --out runs/full   # a subset (regexes)
 
 The suite prepares the compositional Fashion-MNIST scenes (cached), trains a reference on the
 curated split and another on an uncurated sample of the same size, caches both over the pool, then
@@ -10,6 +13,11 @@ trains the learner with every method for the same number of steps and several se
 an ordinary `jestkit train` run in `OUT/runs/NAME`; a finished run is never redone, an unfinished
 one resumes from its last checkpoint, so an interrupted suite continues where it stopped.
 `OUT/report.md`, `report.json` and `plots/` are written at the end (and by `jestkit report OUT`).
+
+`--reuse SUITE` links (symlinks) every finished run of another suite folder whose saved config is
+the one this suite would train (reference paths compared by reference name), with the reference
+models and caches it used, instead of training it again: the `sweeps` size shares its references
+and its bias -10 / b=256 runs with the default suite.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -49,6 +58,7 @@ class RunSpec:
     steps: int = 1000
     overrides: list[str] = field(default_factory=list)
     tags: dict[str, Any] = field(default_factory=dict)
+    eval_every: int = 0  # 0: the suite size's
 
     @property
     def dir(self) -> str:
@@ -71,6 +81,23 @@ class SuiteSize:
     model: str = "mlp-tiny-56"
     batch_size: int = 256
     n_chunks: int = 16
+    reference_seeds: int = 1  # seeds per reference (the learners use seed 0; more give a spread)
+    main_methods: tuple[str, ...] | None = None  # None: every main method; else only these
+    sweep_batch_sizes: tuple[int, ...] = (1024, 2048, 4096)
+    sweep_steps: int = 0  # 0: max(200, 2 * steps * batch_size / b) (twice the main examples)
+    sweep_eval_every: int = 0  # 0: eval_every
+    scorers: bool = False  # the cheap-scoring ablation (jestkit.scorers): snapshot and proxy runs
+
+
+# Fields added after suites were first written: an old suite.json without them used these values.
+_SIZE_DEFAULTS = {
+    "reference_seeds": 1,
+    "main_methods": None,
+    "sweep_batch_sizes": [1024, 2048, 4096],
+    "sweep_steps": 0,
+    "sweep_eval_every": 0,
+    "scorers": False,
+}
 
 
 SIZES = {
@@ -126,6 +153,45 @@ SIZES = {
         eval_max_examples=0,
         vit=True,
         sweeps=True,
+        reference_seeds=2,
+        scorers=True,
+    ),
+    # The batch-size sweep (b = 256 ... 4096, all at the same number of steps) and the bias-init
+    # ablation, with the references and the f=0.8 trio they are compared with. Sized for about
+    # 75 minutes of one core; the default suite's runs are reusable (`--reuse runs/default`).
+    "sweeps": SuiteSize(
+        seeds=3,
+        seeds_secondary=2,
+        steps=1000,
+        vit_steps=0,
+        reference_steps=600,
+        pool_size=60000,
+        eval_every=100,
+        eval_max_examples=0,
+        vit=False,
+        sweeps=True,
+        reference_seeds=2,
+        main_methods=("uniform", "independent-f0.8", "jest-f0.8"),
+        sweep_batch_sizes=(256, 1024, 2048, 4096),
+        sweep_steps=150,
+        sweep_eval_every=25,
+    ),
+    # Cheap scoring (jestkit.scorers) against full-learner scoring: a learner snapshot refreshed
+    # every 50 / 200 steps, an online proxy (MLP and ViT learners), with what they are compared
+    # with (all reusable from the default suite).
+    "scorers": SuiteSize(
+        seeds=3,
+        seeds_secondary=2,
+        steps=1000,
+        vit_steps=500,
+        reference_steps=600,
+        pool_size=60000,
+        eval_every=100,
+        eval_max_examples=0,
+        vit=True,
+        sweeps=False,
+        main_methods=("uniform", "jest-f0.8"),
+        scorers=True,
     ),
 }
 
@@ -145,32 +211,25 @@ def plan_suite(size: SuiteSize, seeds: int | None = None) -> list[RunSpec]:
     n_main = seeds or size.seeds
     n_side = min(n_main, size.seeds_secondary) if seeds is None else seeds
     steps, b = size.steps, size.batch_size
-    runs = [
-        RunSpec(
-            "reference-curated",
-            "reference-curated",
-            0,
-            kind="reference",
-            baseline=None,
-            reference=None,
-            selection="uniform",
-            steps=size.reference_steps,
-            batch_size=b,
-            overrides=["data.train_split=curated", "selection.method=uniform"],
-        ),
-        RunSpec(
-            "reference-uncurated",
-            "reference-uncurated",
-            0,
-            kind="reference",
-            baseline=None,
-            reference=None,
-            selection="uniform",
-            steps=size.reference_steps,
-            batch_size=b,
-            overrides=["data.train_split=uncurated", "selection.method=uniform"],
-        ),
-    ]
+    runs: list[RunSpec] = []
+    for data in ("curated", "uncurated"):
+        for seed in range(size.reference_seeds):
+            # Seed 0 keeps the plain name: it is the one the learners score with.
+            name = f"reference-{data}" + (f"-s{seed}" if seed else "")
+            runs.append(
+                RunSpec(
+                    name,
+                    f"reference-{data}",
+                    seed,
+                    kind="reference",
+                    baseline=None,
+                    reference=None,
+                    selection="uniform",
+                    steps=size.reference_steps,
+                    batch_size=b,
+                    overrides=[f"data.train_split={data}", "selection.method=uniform"],
+                )
+            )
 
     def learner(method: str, n_seeds: int, selection: str, overrides: list[str], **kw: Any) -> None:
         kw.setdefault("steps", steps)
@@ -187,26 +246,28 @@ def plan_suite(size: SuiteSize, seeds: int | None = None) -> list[RunSpec]:
                 )
             )
 
-    learner("uniform", n_main, "uniform", ["selection.method=uniform"], reference=None)
-    learner(
+    def main(method: str, *args: Any, **kw: Any) -> None:
+        if size.main_methods is None or method in size.main_methods:
+            learner(method, *args, **kw)
+
+    main("uniform", n_main, "uniform", ["selection.method=uniform"], reference=None)
+    main(
         "independent-f0.8",
         n_main,
         "independent",
         ["selection.method=independent", "selection.filter_ratio=0.8"],
     )
     for f in (0.5, 0.8, 0.9):
-        learner(f"jest-f{f}", n_main, "jest", _jest(f), filter_ratio=f)
-    learner(
-        "hard-learner-f0.8", n_side, "jest", _jest(0.8, "hard_learner"), criterion="hard_learner"
-    )
-    learner(
+        main(f"jest-f{f}", n_main, "jest", _jest(f), filter_ratio=f)
+    main("hard-learner-f0.8", n_side, "jest", _jest(0.8, "hard_learner"), criterion="hard_learner")
+    main(
         "easy-reference-f0.8",
         n_side,
         "jest",
         _jest(0.8, "easy_reference"),
         criterion="easy_reference",
     )
-    learner("jest-f0.8-uncurated-ref", n_side, "jest", _jest(0.8), reference="reference-uncurated")
+    main("jest-f0.8-uncurated-ref", n_side, "jest", _jest(0.8), reference="reference-uncurated")
 
     if size.vit:
         # The MLP text tower: the tiny transformer one learns the captions far slower at this budget.
@@ -235,10 +296,11 @@ def plan_suite(size: SuiteSize, seeds: int | None = None) -> list[RunSpec]:
         )
 
     if size.sweeps:
-        for sweep_b in (1024, 2048, 4096):
-            sweep_steps = max(
-                200, steps * 256 // sweep_b * 2
-            )  # more examples per step: fewer steps
+        # Sweep runs stay in the main family (tagged, so no claim or main plot mixes them in);
+        # each batch size has its own uniform baseline.
+        for sweep_b in size.sweep_batch_sizes:
+            # Default: more examples per step, fewer steps (twice the main runs' examples).
+            sweep_steps = size.sweep_steps or max(200, steps * b // sweep_b * 2)
             tag = {"sweep": "batch_size", "batch_size": sweep_b}
             for method, sel, ov in (
                 (
@@ -257,44 +319,75 @@ def plan_suite(size: SuiteSize, seeds: int | None = None) -> list[RunSpec]:
                     batch_size=sweep_b,
                     steps=sweep_steps,
                     baseline=f"uniform-b{sweep_b}",
-                    family=f"mlp-b{sweep_b}",
                     tags=tag,
                     reference=None if method == "uniform" else "reference-curated",
+                    eval_every=size.sweep_eval_every,
                 )
         tag = {"sweep": "bias_init", "bias_init": 0.0}
-        learner(
-            "uniform-bias0",
-            n_side,
-            "uniform",
-            ["selection.method=uniform", "model.init_logit_bias=0.0"],
-            reference=None,
-            baseline="uniform-bias0",
-            family="mlp-bias0",
-            tags=tag,
-        )
-        learner(
-            "jest-f0.8-bias0",
-            n_side,
-            "jest",
-            [*_jest(0.8), "model.init_logit_bias=0.0"],
-            baseline="uniform-bias0",
-            family="mlp-bias0",
-            tags=tag,
-        )
-        learner(
-            "independent-f0.8-bias0",
-            n_side,
-            "independent",
-            [
-                "selection.method=independent",
-                "selection.filter_ratio=0.8",
-                "model.init_logit_bias=0.0",
-            ],
-            baseline="uniform-bias0",
-            family="mlp-bias0",
-            tags=tag,
-        )
+        for method, sel, ov in (
+            ("uniform", "uniform", ["selection.method=uniform"]),
+            ("jest-f0.8", "jest", _jest(0.8)),
+            (
+                "independent-f0.8",
+                "independent",
+                ["selection.method=independent", "selection.filter_ratio=0.8"],
+            ),
+        ):
+            learner(
+                f"{method}-bias0",
+                n_side,
+                sel,
+                [*ov, "model.init_logit_bias=0.0"],
+                reference=None if sel == "uniform" else "reference-curated",
+                baseline="uniform-bias0",
+                tags=tag,
+            )
+    if size.scorers:
+        # Tagged like a sweep: compared with jest-f0.8 (same family, steps, b), never in a claim.
+        for label, ov in (
+            ("refresh50", ["selection.score_refresh=50"]),
+            ("refresh200", ["selection.score_refresh=200"]),
+            ("proxy", ["selection.scorer=proxy"]),
+        ):
+            learner(
+                f"jest-f0.8-{label}",
+                n_side,
+                "jest",
+                [*_jest(0.8), *ov],
+                tags={"sweep": "scorer", "scorer": label, "compare": "jest-f0.8"},
+            )
+        if size.vit:
+            vit = [f"model.name={VIT_MODEL}", "model.text_kind=mlp"]
+            learner(
+                "jest-f0.8-vit-proxy",
+                n_side,
+                "jest",
+                [*vit, *_jest(0.8), "selection.scorer=proxy"],
+                family="vit",
+                baseline="uniform-vit",
+                steps=size.vit_steps,
+                tags={"sweep": "scorer", "scorer": "proxy", "compare": "jest-f0.8-vit"},
+            )
     return runs
+
+
+def select_runs(runs: list[RunSpec], only: list[str]) -> list[RunSpec]:
+    """The runs whose method or name fully matches one of the regexes, plus their references."""
+    try:
+        patterns = [re.compile(p) for p in only]
+    except re.error as e:
+        raise JestkitError(f"--only: {e.pattern!r} is not a regular expression ({e})") from None
+    for p, raw in zip(patterns, only, strict=True):
+        check(
+            any(p.fullmatch(r.method) or p.fullmatch(r.name) for r in runs),
+            f"--only: {raw!r} matches no run of this suite; methods: "
+            f"{sorted({r.method for r in runs})}",
+        )
+    chosen = [
+        r for r in runs if any(p.fullmatch(r.method) or p.fullmatch(r.name) for p in patterns)
+    ]
+    needed = {r.reference for r in chosen if r.reference}
+    return [r for r in runs if r in chosen or r.name in needed]
 
 
 def run_config(spec: RunSpec, size: SuiteSize, suite: Path) -> RunConfig:
@@ -308,9 +401,10 @@ def run_config(spec: RunSpec, size: SuiteSize, suite: Path) -> RunConfig:
     cfg.train.seed = spec.seed
     cfg.train.steps = spec.steps
     cfg.train.batch_size = spec.batch_size
-    cfg.train.eval_every = size.eval_every
+    eval_every = spec.eval_every or size.eval_every
+    cfg.train.eval_every = eval_every
     cfg.train.eval_max_examples = size.eval_max_examples
-    cfg.train.checkpoint_every = max(size.eval_every, spec.steps // 4)
+    cfg.train.checkpoint_every = max(eval_every, spec.steps // 4)
     cfg.train.progress = False
     apply_overrides(cfg, spec.overrides)
     if spec.reference is not None:
@@ -367,8 +461,15 @@ def reproduce(
     seeds: int | None = None,
     jobs: int | None = None,
     only: list[str] | None = None,
+    threads: int | None = None,
+    reuse: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run (or continue) the suite in `out` and write its report; returns the report dict."""
+    """Run (or continue) the suite in `out` and write its report; returns the report dict.
+
+    ``only``: regexes over run methods and names (plus the references those runs need);
+    ``threads``: torch threads per worker (default: $OMP_NUM_THREADS, else cores / jobs);
+    ``reuse``: another suite folder whose matching finished runs are linked, not retrained.
+    """
     from tqdm import tqdm
 
     from jestkit.data import load_manifest
@@ -377,34 +478,35 @@ def reproduce(
 
     check(mode in SIZES, f"mode must be one of {sorted(SIZES)}, got {mode!r}")
     check(seeds is None or seeds >= 1, f"--seeds must be >= 1, got {seeds}")
+    check(threads is None or threads >= 1, f"--threads must be >= 1, got {threads}")
     size = SIZES[mode]
     suite = Path(out)
-    suite.mkdir(parents=True, exist_ok=True)
     runs = plan_suite(size, seeds)
     if only:
-        known = {r.method for r in runs}
-        unknown = sorted(set(only) - known)
-        check(not unknown, f"--only: unknown methods {unknown}; known: {sorted(known)}")
-        needed = {r.reference for r in runs if r.method in only and r.reference}
-        runs = [r for r in runs if r.method in only or r.name in needed]
+        runs = select_runs(runs, only)
+    size_json = _json(asdict(size))
     planned = {
         "target_metric": TARGET_METRIC,
         "mode": mode,
-        "size": asdict(size),
+        "size": size_json,
         "runs": [{**asdict(r), "dir": r.dir} for r in runs],
     }
     previous = suite / "suite.json"
     if previous.is_file():
         old = json.loads(previous.read_text())
         check(
-            old.get("mode") == mode and old.get("size") == asdict(size),
+            old.get("mode") == mode and {**_SIZE_DEFAULTS, **old.get("size", {})} == size_json,
             f"--out {str(suite)!r} holds a suite of another size ({old.get('mode')}); "
             f"choose another --out",
         )
         known_runs = {r["name"]: r for r in old["runs"]}
         known_runs.update({r["name"]: r for r in planned["runs"]})
         planned["runs"] = list(known_runs.values())
+    suite.mkdir(parents=True, exist_ok=True)
     previous.write_text(json.dumps(planned, indent=2))
+    if reuse is not None:
+        linked = reuse_runs(runs, size, suite, Path(reuse))
+        print(f"reused {len(linked)} finished runs from {reuse}: {', '.join(linked) or 'none'}")
 
     # The dataset is shared by every run (prepared once, in the cache folder).
     base = run_config(runs[0], size, suite)
@@ -412,7 +514,8 @@ def reproduce(
     pool_dir = split_dir(dataset_dir, load_manifest(dataset_dir), "pool")
 
     jobs = jobs or max(1, min(2, os.cpu_count() or 1))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or None
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     todo = [r for r in runs if _finished(suite / r.dir) is None]
     done_before = len(runs) - len(todo)
     bar = tqdm(
@@ -430,8 +533,9 @@ def reproduce(
             result = fut.result()
             bar.set_postfix_str(f"{result['name']} {result['seconds']:.0f}s")
             bar.update(1)
+        used = {r.reference for r in runs if r.reference}
         for r in runs:
-            if r.kind == "reference":
+            if r.kind == "reference" and r.name in used:
                 _publish_reference(r, suite, pool_dir)
         learners = [r for r in todo if r.kind == "learner"]
         # Longest first keeps both workers busy until the end.
@@ -455,6 +559,85 @@ def reproduce(
     return report
 
 
+def _json(obj: Any) -> Any:
+    """As it reads back from JSON (tuples become lists), for comparisons with suite.json."""
+    return json.loads(json.dumps(obj))
+
+
+def _flat(d: dict[str, Any]) -> dict[tuple[str, str], Any]:
+    return {
+        (sec, k): v for sec, vals in d.items() if isinstance(vals, dict) for k, v in vals.items()
+    }
+
+
+def same_run(saved: dict[str, Any], cfg: RunConfig) -> list[str]:
+    """How a saved config.json differs from `cfg` (empty: the same run).
+
+    Reference and cache folders are compared by name (suites live in different folders); keys
+    that may change on resume are ignored; a key the saved config lacks (added to jestkit since)
+    matches when `cfg` holds its default.
+    """
+    from jestkit.train import RESUMABLE_KEYS
+
+    now, old = _flat(_json(cfg.to_dict())), _flat(saved)
+    default = _flat(_json(RunConfig().to_dict()))
+    diffs = []
+    for key, value in now.items():
+        if key in RESUMABLE_KEYS:
+            continue
+        if key not in old:
+            if value != default.get(key):
+                diffs.append(f"{'.'.join(key)}: missing, now {value!r}")
+            continue
+        was = old[key]
+        if key in (("selection", "reference"), ("selection", "reference_cache")):
+            was, value = Path(str(was)).name, Path(str(value)).name
+        if was != value:
+            diffs.append(f"{'.'.join(key)}: {was!r}, now {value!r}")
+    if saved.get("name") != cfg.name:
+        diffs.append(f"name: {saved.get('name')!r}, now {cfg.name!r}")
+    return diffs
+
+
+def reuse_runs(runs: list[RunSpec], size: SuiteSize, suite: Path, other: Path) -> list[str]:
+    """Symlink into `suite` every finished run of `other` that is the run `suite` would train.
+
+    A reference run brings its exported model and cache along; a learner that scores with a
+    reference is reused only if that reference was (so every linked run used the same model).
+    """
+    check(
+        (other / "suite.json").is_file(),
+        f"--reuse {str(other)!r}: not a suite folder (no suite.json)",
+    )
+    other = other.resolve()
+    linked = []
+    for r in runs:  # references come first
+        here, there = suite / r.dir, other / r.dir
+        if here.exists() or here.is_symlink() or _finished(there) is None:
+            continue
+        if (
+            r.reference
+            and (suite / "runs" / r.reference).resolve() != (other / "runs" / r.reference).resolve()
+        ):
+            continue
+        try:
+            saved = json.loads((there / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if same_run(saved, run_config(r, size, suite)):
+            continue
+        here.parent.mkdir(parents=True, exist_ok=True)
+        here.symlink_to(there, target_is_directory=True)
+        if r.kind == "reference":
+            for folder in ("references", "caches"):
+                src, dst = other / folder / r.name, suite / folder / r.name
+                if src.is_dir() and not (dst.exists() or dst.is_symlink()):
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    dst.symlink_to(src, target_is_directory=True)
+        linked.append(r.name)
+    return linked
+
+
 def _cost(r: RunSpec) -> float:
     """Relative cost of a run, for scheduling: example-forwards per step times steps."""
     n = r.batch_size / (1 - r.filter_ratio) if r.selection != "uniform" else 0
@@ -473,6 +656,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="every ablation, more seeds, the batch-size and bias-init sweeps",
     )
+    group.add_argument(
+        "--scorers",
+        action="store_true",
+        help="only the cheap-scoring ablation (snapshot refreshed every 50/200 steps, online "
+        "proxy) with the runs it is compared with",
+    )
+    group.add_argument(
+        "--sweeps",
+        action="store_true",
+        help="only the batch-size sweep (b=256..4096, 150 steps) and the bias-init ablation, "
+        "with the references and the f=0.8 runs they are compared with (~75 min of one core)",
+    )
     parser.add_argument(
         "--out", default="runs/reproduce", help="suite folder (default: %(default)s)"
     )
@@ -484,14 +679,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--only",
         nargs="+",
         default=None,
-        metavar="METHOD",
-        help="run only these methods (and the references they need)",
+        metavar="REGEX",
+        help="run only the runs whose method or name fully matches one of these regular "
+        "expressions (and the references they need), e.g. 'jest-f0.8' or '.*-b4096'",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per run (default: $OMP_NUM_THREADS, else cores / jobs)",
+    )
+    parser.add_argument(
+        "--reuse",
+        default=None,
+        metavar="SUITE",
+        help="link the finished runs of another suite folder that this suite would train "
+        "identically (e.g. --sweeps --reuse runs/default), with their references and caches",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    mode = "quick" if args.quick else "full" if args.full else "smoke" if args.smoke else "default"
-    report = reproduce(args.out, mode=mode, seeds=args.seeds, jobs=args.jobs, only=args.only)
+    mode = next(
+        (m for m in ("quick", "full", "smoke", "sweeps", "scorers") if getattr(args, m)), "default"
+    )
+    report = reproduce(
+        args.out,
+        mode=mode,
+        seeds=args.seeds,
+        jobs=args.jobs,
+        only=args.only,
+        threads=args.threads,
+        reuse=args.reuse,
+    )
     for claim in report.get("claims", []):
         mark = "holds" if claim["holds"] else "does not hold"
         print(f"- {claim['claim']}: {claim['measured']} ({mark})")

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from jestkit.errors import JestkitError
-from jestkit.losses import sigmoid_pair_losses, sigmoid_positive_losses
+from jestkit.losses import pair_logits, sigmoid_pair_losses, sigmoid_positive_losses
 from jestkit.scoring import (
     SCORE_MODES,
     BlockScorer,
@@ -47,6 +47,7 @@ __all__ = [
     "IndependentSelector",
     "JestSelector",
     "Selector",
+    "Shard",
     "UniformSelector",
     "independent_sample",
     "joint_sample",
@@ -177,17 +178,42 @@ def _gumbel(
     return u.clamp_(min=torch.finfo(dtype).tiny).log_().neg_().log_().neg_()
 
 
-def _perturbed(cond: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
-    """Logits ``cond / T + Gumbel`` (plain ``cond`` when T = 0), finite everywhere."""
+def _perturbed(
+    cond: Tensor, temperature: float, generator: torch.Generator | None, shard: Shard | None = None
+) -> Tensor:
+    """Logits ``cond / T + Gumbel`` (plain ``cond`` when T = 0), finite everywhere.
+
+    With a ``shard``, ``cond`` is this rank's slice: the noise of the whole super-batch is drawn
+    (the same on every rank) and sliced, so each example gets the noise one process would give it.
+    """
     if temperature == 0:
         logits = cond.clone()
     else:
         logits = cond / temperature if temperature != 1.0 else cond.clone()
-        logits += _gumbel(cond.shape[0], cond.dtype, cond.device, generator)
+        if shard is None:
+            logits += _gumbel(cond.shape[0], cond.dtype, cond.device, generator)
+        else:
+            noise = _gumbel(shard.total, cond.dtype, cond.device, generator)
+            logits += noise[shard.offset : shard.offset + shard.size]
     # Huge scores / tiny temperatures can overflow; keep unselected logits finite so that the
     # -inf of already-selected items always loses (no duplicates, ever).
     big = torch.finfo(cond.dtype).max
     return logits.nan_to_num_(nan=-big, posinf=big, neginf=-big)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This rank's slice ``[offset, offset + size)`` of a super-batch of ``total`` examples.
+
+    ``pick(local_logits, c)`` is a collective that returns the ``c`` global indices with the
+    highest perturbed logits over all ranks, in descending order (the same on every rank):
+    :mod:`jestkit.distributed_selection` builds it on ``torch.distributed``.
+    """
+
+    offset: int
+    size: int
+    total: int
+    pick: Callable[[Tensor, int], Tensor]
 
 
 def _blocked_gibbs(
@@ -197,23 +223,30 @@ def _blocked_gibbs(
     update: Callable[[Tensor, Tensor, Tensor, int], None],
     generator: torch.Generator | None,
     temperature: float,
+    shard: Shard | None = None,
 ) -> Tensor:
     """The shared loop of Algorithm 1.
 
     ``update(cond, idx, taken, n_left)`` adds the chunk ``idx``'s terms to the conditional sums
-    of (at least) the ``n_left`` items not yet ``taken``, in place.
+    of (at least) the ``n_left`` items not yet ``taken``, in place. With a ``shard``, ``cond`` and
+    ``taken`` cover this rank's examples only, and ``idx`` (returned too) holds global indices.
     """
     n = cond.shape[0]
     c = k // n_chunks
     taken = torch.zeros(n, dtype=torch.bool, device=cond.device)
     out = torch.empty(k, dtype=torch.long, device=cond.device)
     for chunk in range(n_chunks):
-        logits = _perturbed(cond, temperature, generator).masked_fill_(taken, float("-inf"))
-        idx = torch.topk(logits, c, sorted=True).indices
+        logits = _perturbed(cond, temperature, generator, shard).masked_fill_(taken, float("-inf"))
+        if shard is None:
+            idx = local = torch.topk(logits, c, sorted=True).indices
+        else:
+            idx = shard.pick(logits, c)
+            local = idx[(idx >= shard.offset) & (idx < shard.offset + n)] - shard.offset
         out[chunk * c : (chunk + 1) * c] = idx
         if chunk + 1 < n_chunks:  # nothing reads the sums after the last chunk
-            taken[idx] = True
-            update(cond, idx, taken, n - (chunk + 1) * c)
+            taken[local] = True
+            n_left = n - (chunk + 1) * c if shard is None else n - int(taken.sum())
+            update(cond, idx, taken, n_left)
     return out
 
 
@@ -251,6 +284,7 @@ def joint_sample_embeddings(
     generator: torch.Generator | None = None,
     temperature: float = 1.0,
     block_elems: int | None = None,
+    shard: Shard | None = None,
 ) -> Tensor:
     """:func:`joint_sample` computed from the two models' embeddings, never holding N×N.
 
@@ -259,11 +293,24 @@ def joint_sample_embeddings(
     in one reused workspace of at most ``block_elems`` elements): time O(N * k * d), extra memory
     O(N * k / n_chunks + N * d). Same generator state, same indices as the dense version (up to
     floating-point ties).
+
+    ``shard`` (distributed selection): the embeddings are the whole super-batch's (all-gathered),
+    and this rank keeps the conditional scores of its own slice only (time O(N * k * d / ranks));
+    every rank returns the same global indices, those one process would pick.
     """
     scorer = BlockScorer(learner, reference, criterion, block_elems=block_elems)
     k, n_chunks = _check_k(k, scorer.n, n_chunks)
     t = _check_temperature(temperature)
     _check_generator(generator, scorer.device)
+    offset = 0
+    if shard is not None:
+        if shard.total != scorer.n or not 0 <= shard.offset <= shard.total - shard.size:
+            raise JestkitError(
+                f"shard {shard.offset}:{shard.offset + shard.size} of {shard.total} does not fit "
+                f"the {scorer.n} gathered embeddings"
+            )
+        offset = shard.offset
+        scorer.restrict_columns(torch.arange(offset, offset + shard.size, device=scorer.device))
 
     def update(cond: Tensor, idx: Tensor, taken: Tensor, n_left: int) -> None:
         # Only the unselected need their sums. Once the selected make up a fair share of the
@@ -271,13 +318,18 @@ def joint_sample_embeddings(
         # nonzero_static needs no device sync).
         width = scorer.n if scorer.columns is None else scorer.columns.numel()
         if width - n_left > _COMPACT_FRACTION * width:
-            scorer.restrict_columns(torch.nonzero_static(~taken, size=n_left).squeeze(1))
+            keep = torch.nonzero_static(~taken, size=n_left).squeeze(1)
+            scorer.restrict_columns(keep + offset if offset else keep)
         if scorer.columns is None:
             cond += scorer.chunk_sums(idx)
         else:
-            cond.index_add_(0, scorer.columns, scorer.chunk_sums(idx))
+            cols = scorer.columns - offset if offset else scorer.columns
+            cond.index_add_(0, cols, scorer.chunk_sums(idx))
 
-    return _blocked_gibbs(scorer.diagonal(), k, n_chunks, update, generator, t)
+    diagonal = scorer.diagonal()
+    if shard is not None:
+        diagonal = diagonal[offset : offset + shard.size].clone()
+    return _blocked_gibbs(diagonal, k, n_chunks, update, generator, t, shard)
 
 
 @torch.no_grad()
@@ -326,6 +378,14 @@ def uniform_sample(
 # ----------------------------------------------------------------------------- stats
 
 
+POOL_PROBE = 512  # candidates probed for `pool_joint_term_spread` (cost O(POOL_PROBE * k * d))
+
+
+def _neg_losses(e: Embeddings, rows: Tensor, cols: Tensor) -> Tensor:
+    """Negative-pair losses ``L[i, j]`` of images ``rows`` with texts ``cols`` (disjoint sets)."""
+    return torch.nn.functional.softplus(pair_logits(e.image[rows], e.text[cols], e.scale, e.bias))
+
+
 @torch.no_grad()
 def selection_stats(
     learner: Embeddings | None,
@@ -341,7 +401,12 @@ def selection_stats(
     pool's diagonal and the chosen block only): ``score_pool_mean``, ``score_selected_mean``
     (mean ``A[i, i]``), ``example_score_spread`` (std of ``A[i, i]`` over the chosen),
     ``joint_term_spread`` (std over the chosen of their within-batch off-diagonal row + column
-    sums of ``A``), ``batch_score_selected`` (``s(S) / k``). Also ``pool_size`` and ``batch_size``.
+    sums of ``A``), ``batch_score_selected`` (``s(S) / k``), ``neg_score_selected`` (mean
+    off-diagonal ``A`` in the chosen block: one joint term), ``pool_example_score_spread`` (std of
+    ``A[p, p]`` over the pool) and ``pool_joint_term_spread`` (std, over up to ``POOL_PROBE``
+    examples that were not chosen, of ``sum_{i in S} A[i, p] + A[p, i]``: how much the joint
+    terms could reorder candidates, to compare with the per-example spread). Also ``pool_size``
+    and ``batch_size``.
     """
     weights = criterion_weights(criterion)
     terms = prepare_embeddings(learner=learner, reference=reference)
@@ -389,6 +454,27 @@ def selection_stats(
             joint.std(correction=0),
             a_blk.sum() / k,
         ]
+        names.append("pool_example_score_spread")
+        values.append(a_diag.std(correction=0))
+        if k > 1:
+            names.append("neg_score_selected")
+            values.append((a_blk.sum() - a_blk.diagonal().sum()) / (k * (k - 1)))
+        # A fixed-size probe of the candidates that lost (the pool's order is already random):
+        # the joint part of their conditional score given the whole chosen set.
+        rest = torch.ones(n, dtype=torch.bool, device=device)
+        rest[idx] = False
+        probe = rest.nonzero().squeeze(1)[:POOL_PROBE]
+        if probe.numel():
+            cross = sum(
+                w
+                * (
+                    _neg_losses(terms[m], idx, probe).sum(0)
+                    + _neg_losses(terms[m], probe, idx).sum(1)
+                )
+                for m, w in weights
+            )
+            names.append("pool_joint_term_spread")
+            values.append(cross.std(correction=0))
     out = dict(zip(names, torch.stack([v.double() for v in values]).tolist(), strict=True))
     out["pool_size"] = float(n)
     out["batch_size"] = float(k)

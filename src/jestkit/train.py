@@ -44,11 +44,22 @@ from jestkit.data import (
     uid_to_int,
 )
 from jestkit.data.loader import read_captions
-from jestkit.distributed import World, init_from_env, resolve_device
+from jestkit.distributed import (
+    World,
+    all_sum,
+    average_gradients,
+    broadcast_parameters,
+    check_same_config,
+    init_from_env,
+    main_first,
+    resolve_device,
+    shutdown,
+)
+from jestkit.distributed_selection import DistributedSelector
 from jestkit.errors import JestkitError, check
 from jestkit.evaluate import Evaluator
 from jestkit.flops import FlopLedger, forward_flops
-from jestkit.losses import siglip_loss
+from jestkit.losses import SigLipLoss
 from jestkit.metrics import MetricsWriter, ProgressBar
 from jestkit.models import (
     DualEncoder,
@@ -57,9 +68,14 @@ from jestkit.models import (
     load_pretrained,
     model_fingerprint,
 )
+from jestkit.scorers import LiveScorer, make_learner_scorer
 from jestkit.scoring import Embeddings
 from jestkit.selection import Selector, make_selector
 from jestkit.workspace import ensure_dataset, ensure_reference, ensure_reference_cache, split_dir
+
+# train.nonfinite=skip stops anyway after this many consecutive skipped steps: the run is not
+# recovering (e.g. a learning rate that blows up every step), and skipping forever trains nothing.
+NONFINITE_MAX_STREAK = 10
 
 # Keys of the config that may change on resume without changing the run (everything else must match).
 RESUMABLE_KEYS = {
@@ -71,17 +87,23 @@ RESUMABLE_KEYS = {
     ("train", "keep_checkpoints"),
     ("train", "device"),
     ("data", "num_workers"),
+    ("selection", "stats"),
 }
 
 
 @dataclass
 class Scorer:
-    """What the selector scores with: the learner at `patch_size` and the reference's source."""
+    """What the selector scores with: the learner at `patch_size` and the reference's source.
+
+    `learner` produces the learner-side embeddings (jestkit.scorers: the live learner, a
+    snapshot refreshed every `selection.score_refresh` steps, or an online proxy model).
+    """
 
     patch_size: int | None
     reference_cache: ReferenceCache | None
     reference_model: DualEncoder | None
     reference_tokenizer: Tokenizer | None
+    learner: LiveScorer | None = None
 
 
 class CaptionTokens:
@@ -110,21 +132,48 @@ class CaptionTokens:
 # Building blocks of the loop (small, so the loop itself reads top to bottom)
 
 
-def build_selector(cfg: RunConfig) -> Selector:
+def build_selector(cfg: RunConfig, world: World | None = None) -> Selector:
+    """The configured selector; across ranks, wrapped to select from the global super-batch."""
     s = cfg.selection
     if s.method == "uniform":
-        return make_selector("uniform")
-    if s.method == "independent":
-        return make_selector(
+        selector = make_selector("uniform", stats=s.stats)
+    elif s.method == "independent":
+        selector = make_selector(
             "independent",
             criterion=s.criterion,
             temperature=s.temperature,
             method=s.independent_method,
             score_mode=s.score_mode,
+            stats=s.stats,
         )
-    return make_selector(
-        "jest", criterion=s.criterion, n_chunks=s.n_chunks, temperature=s.temperature
+    else:
+        selector = make_selector(
+            "jest",
+            criterion=s.criterion,
+            n_chunks=s.n_chunks,
+            temperature=s.temperature,
+            stats=s.stats,
+        )
+    if world is not None and world.distributed:
+        return DistributedSelector(selector, world.rank, world.world_size)
+    return selector
+
+
+def check_world(cfg: RunConfig, world: World) -> int:
+    """The per-rank share of the super-batch; the global batch and super-batch must split evenly."""
+    b, n = cfg.train.batch_size, cfg.super_batch_size
+    p = world.world_size
+    check(
+        b % p == 0,
+        f"train.batch_size={b} (the global batch) is not divisible by the {p} ranks",
     )
+    check(
+        n % p == 0,
+        f"the super-batch of {n} (train.batch_size={b}, selection.filter_ratio="
+        f"{cfg.selection.filter_ratio}) is not divisible by the {p} ranks; pick a batch size "
+        f"whose super-batch is",
+    )
+    return n // p
 
 
 def patch_sizes_for(cfg: RunConfig, model: DualEncoder) -> tuple[int | None, int | None]:
@@ -215,7 +264,23 @@ def embed(
     )
 
 
+def nonfinite_inputs(learner: Embeddings | None, reference: Embeddings | None) -> str | None:
+    """Which scoring input holds a NaN/inf (embeddings, t or c), if any: one device sync."""
+    from jestkit.scoring import all_finite
+
+    named = [(n, e) for n, e in (("learner", learner), ("reference", reference)) if e is not None]
+    parts = [torch.as_tensor(x) for _, e in named for x in (e.image, e.text, e.scale, e.bias)]
+    ok = all_finite(*parts) if parts else []
+    for i, (name, _) in enumerate(named):
+        if not all(ok[4 * i : 4 * i + 4]):
+            return f"{name} embeddings (selection scores)"
+    return None
+
+
 def config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Keys whose value changed since the checkpoint; a key the checkpoint predates counts as
+    its default (a checkpoint from an older jestkit resumes if the new option is left alone)."""
+    defaults = RunConfig().to_dict()
     diffs = []
     for section, values in current.items():
         if not isinstance(values, dict):
@@ -223,7 +288,7 @@ def config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]
         for key, value in values.items():
             if (section, key) in RESUMABLE_KEYS:
                 continue
-            old = saved.get(section, {}).get(key)
+            old = saved.get(section, {}).get(key, defaults.get(section, {}).get(key))
             if old != value:
                 diffs.append(f"{section}.{key}: checkpoint {old!r}, now {value!r}")
     return diffs
@@ -263,6 +328,8 @@ def train(
     """Train per `cfg` into `out_dir`; returns the final record (the last line of metrics.jsonl)."""
     cfg = validate(cfg)
     world = world or init_from_env()
+    n_local = check_world(cfg, world)  # this rank's slice of the super-batch
+    check_same_config(world, cfg.to_dict())
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -277,7 +344,8 @@ def train(
     b, n_super = cfg.train.batch_size, cfg.super_batch_size
 
     # Data: the embedded dataset is prepared on first use, in the cache folder.
-    dataset_dir = ensure_dataset(cfg.data, verbose=world.is_main)
+    # Under torchrun rank 0 prepares shared files first; the others then find them ready.
+    dataset_dir = main_first(world, lambda: ensure_dataset(cfg.data, verbose=world.is_main))
     manifest = load_manifest(dataset_dir)
     train_dir = split_dir(dataset_dir, manifest, cfg.data.train_split)
 
@@ -305,20 +373,30 @@ def train(
         )
         state = None
     model.to(device).train()
+    broadcast_parameters(world, model)
     score_patch, low_patch = patch_sizes_for(cfg, model)
 
     # Selection and its reference: cached embeddings (default) or an online reference model.
-    selector = build_selector(cfg)
+    selector = build_selector(cfg, world)
     scorer = Scorer(score_patch, None, None, None)
+    if selector.needs_learner:
+        scorer.learner = make_learner_scorer(
+            cfg, model, embed, score_patch, (state or {}).get("scorer"), world.world_size
+        )
     ledger = FlopLedger()
     if selector.needs_reference:
-        ref_dir = ensure_reference(cfg, dataset_dir, verbose=world.is_main)
+        ref_dir = main_first(
+            world, lambda: ensure_reference(cfg, dataset_dir, verbose=world.is_main)
+        )
         if cfg.selection.reference_cache == "online":
             scorer.reference_model, scorer.reference_tokenizer = load_pretrained(
                 ref_dir, device=device
             )
         else:
-            cache_dir = ensure_reference_cache(cfg, ref_dir, dataset_dir, verbose=world.is_main)
+            cache_dir = main_first(
+                world,
+                lambda: ensure_reference_cache(cfg, ref_dir, dataset_dir, verbose=world.is_main),
+            )
             # Refuse a cache built by another reference or over other data.
             scorer.reference_cache = ReferenceCache.open(
                 cache_dir,
@@ -332,7 +410,7 @@ def train(
 
     loader = SuperBatchLoader(
         train_dir,
-        batch_size=n_super,
+        batch_size=n_local,
         seed=cfg.train.seed,
         rank=world.rank,
         world_size=world.world_size,
@@ -371,17 +449,21 @@ def train(
         else None
     )
     if world.is_main:
-        (out / "config.json").write_text(cfg.to_json())
+        try:
+            (out / "config.json").write_text(cfg.to_json())
+        except OSError as e:
+            raise JestkitError(f"--out {str(out)!r}: cannot write config.json ({e})") from e
 
     fwd_full = forward_flops(model)
-    fwd_score = forward_flops(model, patch_size=score_patch)
     fwd_low = forward_flops(model, patch_size=low_patch) if low_patch else fwd_full
     fwd_ref = forward_flops(scorer.reference_model) if scorer.reference_model is not None else None
-    n_low = round(b * cfg.train.multires_fraction)
+    loss_fn = SigLipLoss(world.rank, world.world_size)
 
     def checkpoint(step: int) -> Path | None:
         if not world.is_main:
             return None
+        if metrics is not None:  # the lines up to `step` reach the disk before the checkpoint
+            metrics.flush()
         return save_checkpoint(
             out,
             step,
@@ -393,12 +475,52 @@ def train(
                 "loader": loader.state_dict(),
                 "ledger": ledger.state_dict(),
                 "config": cfg.to_dict(),
+                "scorer": scorer.learner.state_dict() if scorer.learner else None,
+                "nonfinite_skipped": skipped,
             },
             keep_last=cfg.train.keep_checkpoints,
         )
 
     def evaluate(step: int) -> dict[str, float]:
         return {f"eval/{k}": v for k, v in evaluator(model).items()} if evaluator else {}
+
+    skipped = int(state.get("nonfinite_skipped", 0)) if state is not None else 0
+    streak = 0  # consecutive skipped steps
+
+    def nonfinite(step: int, what: str) -> None:
+        """A non-finite loss, score or gradient at `step`: stop, keeping the last good checkpoint
+        (default), or with train.nonfinite=skip drop the update and log the step as skipped (its
+        eval still happens; a periodic checkpoint waits for a step that updates, so the latest
+        checkpoint never comes from inside a run of skipped steps)."""
+        nonlocal skipped, streak, last_eval
+        done, streak = step + 1, streak + 1
+        msg = f"non-finite {what} at step {done}"
+        why = ""
+        if cfg.train.nonfinite == "skip" and streak > NONFINITE_MAX_STREAK:
+            why = f" after {streak} consecutive skipped steps: the run is not recovering"
+        elif cfg.train.nonfinite == "skip" and not all(
+            bool(torch.isfinite(p).all()) for p in model.parameters()
+        ):
+            why = " and the model's weights are non-finite: skipping cannot recover"
+        if cfg.train.nonfinite != "skip" or why:
+            raise JestkitError(
+                f"{msg}{why}; stopped. Last good checkpoint: {latest_checkpoint(out)}"
+            )
+        skipped += 1
+        optimizer.zero_grad(set_to_none=True)
+        if world.is_main:
+            print(f"warning: {msg}; step skipped ({skipped} so far)", file=sys.stderr)
+        record = {"step": done, "lr": lr, "nonfinite": what, "nonfinite_skipped": skipped}
+        record.update({f"flops/{k}": v for k, v in ledger.totals().items()})
+        is_last = done == cfg.train.steps
+        if evaluator is not None and (done % cfg.train.eval_every == 0 or is_last):
+            last_eval = evaluate(done)
+            record.update(last_eval)
+        if metrics is not None:
+            metrics.write({**record, "world_size": world.world_size})
+        bar.update()
+        if is_last:
+            checkpoint(done)
 
     record: dict[str, Any] = {}
     if start_step == 0 and evaluator is not None:
@@ -429,18 +551,10 @@ def train(
             batch = next(batches)
             learner_emb = reference_emb = None
             if selector.needs_learner:
-                learner_emb = embed(
-                    model,
-                    batch.images,
-                    tokenize(batch),
-                    scorer.patch_size,
-                    device,
-                    autocast,
-                    cfg.selection.score_batch_size,
+                learner_emb, score_flops = scorer.learner.embeddings(
+                    model, batch, tokenize, step, device, autocast
                 )
-                ledger.add(
-                    step + 1, learner_score=n_super * (fwd_score["image"] + fwd_score["text"])
-                )
+                ledger.add(step + 1, learner_score=score_flops * world.world_size)
             if selector.needs_reference:
                 if scorer.reference_cache is not None:
                     reference_emb = scorer.reference_cache.lookup(batch.uids, device=device)
@@ -455,73 +569,99 @@ def train(
                         cfg.selection.score_batch_size,
                     )
                     ledger.add(step + 1, reference=n_super * (fwd_ref["image"] + fwd_ref["text"]))
-            generator = rng.generator(cfg.train.seed, "select", step, world.rank, device=device)
-            try:
-                idx, sel_stats = selector.select(
-                    learner_emb, reference_emb, b, generator, n=len(batch)
-                )
-            except JestkitError as e:
-                if learner_emb is not None and not torch.isfinite(learner_emb.image).all():
-                    raise JestkitError(
-                        f"non-finite learner embeddings at step {step + 1}: the "
-                        f"model diverged; last good checkpoint: "
-                        f"{latest_checkpoint(out)}"
-                    ) from e
-                raise
+            # Selection is one global decision: every rank draws the same noise (the rank key
+            # stays 0, so a one-process run keeps the seeds it always had).
+            generator = rng.generator(cfg.train.seed, "select", step, 0, device=device)
+            bad = nonfinite_inputs(learner_emb, reference_emb)  # numerical guard (#7)
+            if world.distributed and all_sum(world, [float(bad is not None)], device)[0]:
+                bad = bad or "embeddings on another rank (selection scores)"
+            if bad is not None:
+                nonfinite(step, bad)
+                continue
+            idx, sel_stats = selector.select(learner_emb, reference_emb, b, generator, n=len(batch))
+            if not all(math.isfinite(v) for v in sel_stats.values()):
+                nonfinite(step, "selection scores")
+                continue
             idx = idx.sort().values.cpu()  # position in the super-batch is already random
-            chosen = batch.index(idx)
+            # Global indices -> the selected examples this rank holds (ranks get uneven shares).
+            counts = torch.bincount(idx // n_local, minlength=world.world_size).tolist()
+            lo = world.rank * n_local
+            chosen = batch.index(idx[(idx >= lo) & (idx < lo + n_local)] - lo)
+            if scorer.learner is not None:  # e.g. the proxy scorer trains on the selection
+                ledger.add(
+                    step + 1, learner_score=scorer.learner.observe(chosen, tokenize, step, device)
+                )
+            m = len(chosen)
 
             # 2. One optimizer step on the selection (the first n_low at the low resolution).
             images = chosen.images.to(device, non_blocking=True)
             tokens = tokenize(chosen).to(device, non_blocking=True)
+            n_low = round(m * cfg.train.multires_fraction)
             with autocast():
                 parts = [model.encode_image(images[:n_low], patch_size=low_patch)] if n_low else []
-                parts += [model.encode_image(images[n_low:])] if n_low < b else []
+                parts += [model.encode_image(images[n_low:])] if n_low < m or not parts else []
                 img = torch.cat(parts) if len(parts) > 1 else parts[0]
                 txt = model.encode_text(tokens)
-                loss = siglip_loss(
-                    img.float(), txt.float(), model.logit_scale.exp(), model.logit_bias
+                loss = loss_fn(
+                    img.float(),
+                    txt.float(),
+                    model.logit_scale.exp(),
+                    model.logit_bias,
+                    counts=counts,
                 )
-            if not torch.isfinite(loss):
-                msg = f"non-finite loss ({loss.item()}) at step {step + 1}"
-                if cfg.train.nonfinite == "skip":
-                    print(f"warning: {msg}; step skipped", file=sys.stderr)
-                    optimizer.zero_grad(set_to_none=True)
-                    continue
-                raise JestkitError(
-                    f"{msg}; stopped. Last good checkpoint: {latest_checkpoint(out)}"
-                )
+            # One small collective: the global loss, counts for the logs and any stop request.
+            noise = np.asarray(chosen.meta.get("noise", np.array([""] * m)))
+            pool_noise = np.asarray(batch.meta.get("noise", np.array([""] * len(batch))))
+            loss_sum, noisy_chosen, noisy_pool, n_low_all, stops = all_sum(
+                world,
+                [
+                    loss.item(),
+                    float((noise != "").sum()),
+                    float((pool_noise != "").sum()),
+                    float(n_low),
+                    float(stop.requested is not None),
+                ],
+                device,
+            )
+            global_loss, n_low_all = loss_sum / world.world_size, round(n_low_all)
+            stop_now = stops > 0
+            if not math.isfinite(global_loss):
+                nonfinite(step, f"loss ({global_loss})")
+                continue
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(world, model.parameters())
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
             )
+            if not math.isfinite(float(grad_norm)):  # the update would poison every weight
+                nonfinite(step, f"gradient norm ({float(grad_norm)})")
+                continue
             optimizer.step()
+            streak = 0
             ledger.add(
                 step + 1,
                 learner_train=3
                 * (
-                    n_low * fwd_low["image"]
-                    + (b - n_low) * fwd_full["image"]
+                    n_low_all * fwd_low["image"]
+                    + (b - n_low_all) * fwd_full["image"]
                     + b * fwd_full["text"]
                 ),
             )
             done = step + 1
 
             # 3. Log, evaluate, checkpoint.
-            noise = np.asarray(chosen.meta.get("noise", np.array([""] * b)))
-            pool_noise = np.asarray(batch.meta.get("noise", np.array([""] * len(batch))))
             record = {
                 "step": done,
-                "loss": loss.item(),
+                "loss": global_loss,
                 "lr": lr,
                 "grad_norm": float(grad_norm),
                 "logit_scale": model.logit_scale.exp().item(),
                 "logit_bias": model.logit_bias.item(),
-                "examples_seen": done * b * world.world_size,
-                "super_batch_examples": done * n_super * world.world_size,
-                "noisy_selected_frac": float((noise != "").mean()),
-                "noisy_pool_frac": float((pool_noise != "").mean()),
+                "examples_seen": done * b,
+                "super_batch_examples": done * n_super,
+                "noisy_selected_frac": noisy_chosen / b,
+                "noisy_pool_frac": noisy_pool / n_super,
                 **{f"sel/{k}": v for k, v in sel_stats.items()},
                 **{f"flops/{k}": v for k, v in ledger.totals().items()},
                 "world_size": world.world_size,
@@ -542,17 +682,18 @@ def train(
             if (
                 is_last
                 or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0)
-                or stop.requested
+                or stop_now
             ):
                 checkpoint(done)
-            if stop.requested and not is_last:
+            if stop_now and not is_last:
                 bar.close()
+                why = stop.requested or "a signal on another rank"
                 if world.is_main:
                     print(
-                        f"{stop.requested}: checkpoint saved at step {done}; resume with --resume latest",
+                        f"{why}: checkpoint saved at step {done}; resume with --resume latest",
                         file=sys.stderr,
                     )
-                return {"step": done, "interrupted": stop.requested}
+                return {"step": done, "interrupted": why}
     bar.close()
 
     # The final record: deterministic (no wall clock), identical for resumed and uninterrupted runs.
@@ -560,9 +701,10 @@ def train(
         "step": cfg.train.steps,
         "final": True,
         **last_eval,
-        "examples_seen": cfg.train.steps * b * world.world_size,
+        "examples_seen": cfg.train.steps * b,
         **{f"flops/{k}": v for k, v in ledger.totals().items()},
         "world_size": world.world_size,
+        **({"nonfinite_skipped": skipped} if cfg.train.nonfinite == "skip" else {}),
     }
     if metrics is not None:
         metrics.write(final)
@@ -607,7 +749,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    final = train(cfg, args.out, resume=args.resume)
+    world = init_from_env()  # torchrun's environment: join the process group
+    try:
+        final = train(cfg, args.out, resume=args.resume, world=world)
+    finally:
+        shutdown(world)
+    if not world.is_main:
+        return 0
     if final.get("interrupted"):
         return 0
     evals = {k: round(v, 4) for k, v in final.items() if k.startswith("eval/")}

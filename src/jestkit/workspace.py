@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,12 +51,26 @@ def _exclusive(path: Path) -> Iterator[None]:
 
 
 def split_dir(dataset_dir: Path, manifest: dict[str, Any], split: str) -> Path:
+    """The folder of the training split; an error if it has no usable example (empty, or every
+    record bad), instead of a puzzling failure later (the tokenizer, the loader)."""
+    from jestkit.data import build_index
+
     splits = manifest.get("splits", {})
     check(
         split in splits,
         f"data.train_split={split!r}: dataset {str(dataset_dir)!r} has splits {sorted(splits)}",
     )
-    return Path(dataset_dir) / splits[split]["path"]
+    path = Path(dataset_dir) / splits[split]["path"]
+    with warnings.catch_warnings():  # the loader warns about skipped records once, later
+        warnings.simplefilter("ignore")
+        index = build_index(path, progress=False)
+    check(
+        len(index) > 0,
+        f"data.train_split={split!r}: {path} has no usable examples ("
+        + (index.bad.summary() if index.bad.total else "the split is empty")
+        + ")",
+    )
+    return path
 
 
 def ensure_dataset(data: DataConfig, verbose: bool = True) -> Path:
@@ -121,9 +136,9 @@ def ensure_reference(cfg: RunConfig, dataset_dir: Path, verbose: bool = True) ->
         "data.train_split=curated` first",
     )
     ref_cfg = reference_config(cfg)
-    root = (
-        cache_root() / "references" / _key({"config": ref_cfg.to_dict(), "data": str(dataset_dir)})
-    )
+    key_cfg = ref_cfg.to_dict()
+    key_cfg["train"]["progress"] = True  # a progress bar does not change the model: same key
+    root = cache_root() / "references" / _key({"config": key_cfg, "data": str(dataset_dir)})
     model_dir = root / "model"
     with _exclusive(root):
         if (model_dir / "config.json").is_file():
@@ -161,8 +176,10 @@ def ensure_reference_cache(
     fp = model_fingerprint(model)
     path = cache_root() / "reference-caches" / _key({"model": fp, "split": str(train_split)})
     with _exclusive(path):
-        if not (path / "meta.json").is_file():
+        from jestkit.data.reference_cache import FILES
+
+        if not all((path / name).is_file() for name in FILES):  # absent, or partly deleted
             if verbose:
                 print(f"caching the reference's embeddings over {train_split} in {path}")
-            ReferenceCache.build(model, tokenizer, [train_split], path)
+            ReferenceCache.build(model, tokenizer, [train_split], path, overwrite=True)
     return path

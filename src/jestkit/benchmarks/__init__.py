@@ -15,6 +15,7 @@ BENCHMARKS = {
     "models": "jestkit.benchmarks.models",
     "data": "jestkit.benchmarks.data",
     "overhead": "jestkit.benchmarks.overhead",
+    "distributed": "jestkit.benchmarks.distributed",
 }
 
 

@@ -279,18 +279,35 @@ class SuperBatchLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly where ``state`` was taken (the next super-batch is the same)."""
-        for key in ("batch_size", "seed", "world_size", "num_examples", "fingerprint"):
-            if key in state and state[key] != self.state_dict()[key]:
+        mine = self.state_dict()
+        for key in ("seed", "num_examples", "fingerprint"):
+            if key in state and state[key] != mine[key]:
                 raise JestkitError(
                     f"loader state: {key}={state[key]!r} does not match this loader's "
-                    f"{key}={self.state_dict()[key]!r}; the order cannot be resumed exactly"
+                    f"{key}={mine[key]!r}; the order cannot be resumed exactly"
                 )
+        # Step j's global super-batch is positions [j*W*n, (j+1)*W*n) of the epoch's order, whatever
+        # the world size W: a run may resume on another number of ranks if W*n (N) is unchanged.
+        old_n, old_world = state.get("batch_size", self.batch_size), state.get("world_size", 1)
+        try:
+            old_n, old_world = int(old_n), int(old_world)
+        except (TypeError, ValueError):
+            raise JestkitError(f"loader state: bad batch_size/world_size in {state!r}") from None
+        if old_n * old_world != self.batch_size * self.world_size:
+            raise JestkitError(
+                f"loader state: a global super-batch of {old_n * old_world} "
+                f"(batch_size={old_n} x world_size={old_world}) cannot continue as "
+                f"{self.batch_size * self.world_size} (batch_size={self.batch_size} x "
+                f"world_size={self.world_size}); the order cannot be resumed exactly"
+            )
         try:
             epoch, examples = int(state["epoch"]), int(state["examples"])
         except (KeyError, TypeError, ValueError):
             raise JestkitError(
                 f"loader state: expected 'epoch' and 'examples', got {state!r}"
             ) from None
+        if old_n and examples % old_n == 0:
+            examples = examples // old_n * self.batch_size  # the same count of global steps
         if (
             epoch < 0
             or examples < 0

@@ -34,6 +34,7 @@ from jestkit.data.shards import (
     SplitWriter,
     check_out_dir,
     dataset_fingerprint,
+    make_tmp_dir,
     publish_dir,
     write_manifest,
 )
@@ -97,14 +98,20 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | _BadRow]]:
                 yield i, row
     else:
         # surrogateescape keeps undecodable bytes visible, so such a row is counted, not fatal
+        # csv's default field limit (128 KiB) would reject an enormous caption mid-file.
+        csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
         with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
             reader = csv.DictReader(f, delimiter="," if kind == "csv" else "\t")
             _check_columns(path, reader.fieldnames or [])
-            for i, row in enumerate(reader, 1):
-                if None in row:  # more fields than the header
-                    yield i, _BadRow("malformed row", f"{len(row[None])} extra field(s)")
-                    continue
-                yield i, row
+            i = 0
+            try:
+                for i, row in enumerate(reader, 1):
+                    if None in row:  # more fields than the header
+                        yield i, _BadRow("malformed row", f"{len(row[None])} extra field(s)")
+                        continue
+                    yield i, row
+            except csv.Error as e:  # the reader cannot resync after this: stop, naming the row
+                raise JestkitError(f"INPUT {path}: row {i + 1}: cannot parse it ({e})") from None
 
 
 def _check_columns(path: Path, columns: list[str]) -> None:
@@ -140,9 +147,10 @@ def make_shards(
     resize: str = "crop",
     overwrite: bool = False,
     progress: bool = True,
-    log: Any = sys.stderr,
+    log: Any = None,
 ) -> tuple[dict[str, Any], BadRecords]:
     """Convert INPUT to shards in ``out``; returns (manifest, skipped records by reason)."""
+    log = sys.stderr if log is None else log  # at call time: sys.stderr may have been replaced
     from PIL import Image
     from tqdm import tqdm
 
@@ -159,10 +167,12 @@ def make_shards(
     base = path.parent
     bad = BadRecords()
     said_resize = False
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    # Images whose mode is not the output's (grey L / RGB) and images resized: counted, so a
+    # caller can say what was done to the data instead of doing it silently.
+    native = "L" if channels == 1 else "RGB"
+    converted: dict[str, int] = {}
+    resized = 0
+    tmp = make_tmp_dir(out)  # a JestkitError naming --out if it cannot be written
     try:
         writer = SplitWriter(
             tmp / split, transform.shape, shard_size=shard_size, strict=strict, name=split
@@ -194,6 +204,7 @@ def make_shards(
                             )
                             said_resize = True
                         array = transform(img)
+                        mode, needs_resize = img.mode, transform.needs_resize(img)
                 except Exception as e:  # PIL fails in many ways on broken files: count them all
                     raise _BadRow("unreadable image", f"{file}: {e}") from None
                 label = row.get("label")
@@ -226,7 +237,10 @@ def make_shards(
                         f"user_{k}" if k in meta or k in ("uid", "index", "shard", "offset") else k
                     ] = "" if v is None else str(v)
             writer.bad = bad  # one tally: duplicate uids are counted with the rest
-            writer.write(encode_png(array), caption, meta, uid=uid, where=where)
+            if writer.write(encode_png(array), caption, meta, uid=uid, where=where):
+                if mode != native:
+                    converted[mode] = converted.get(mode, 0) + 1
+                resized += needs_resize
         bar.close()
         info = writer.close(extra={"input": str(path)})
         if info["count"] == 0:
@@ -253,6 +267,8 @@ def make_shards(
             "fingerprint": dataset_fingerprint(splits),
             "options": {"input": str(path), "resize": resize, "shard_size": shard_size},
             "skipped": dict(bad.counts),
+            "converted": dict(sorted(converted.items())),  # source mode -> images converted
+            "resized": resized,
             "created_by": f"jestkit {__version__}",
         }
         write_manifest(tmp, manifest)
@@ -261,6 +277,13 @@ def make_shards(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest, bad
+
+
+def describe_converted(converted: dict[str, int], channels: int) -> str:
+    """'converted 5 image(s) to RGB (L 3, RGBA 2)', modes as PIL names them."""
+    target = "grey (L)" if channels == 1 else "RGB"
+    parts = ", ".join(f"{mode} {n}" for mode, n in sorted(converted.items()))
+    return f"converted {sum(converted.values())} image(s) to {target} ({parts})"
 
 
 def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
@@ -311,9 +334,15 @@ def run(args: argparse.Namespace) -> int:
         if bad.total
         else "none"
     )
+    converted = (
+        f", {describe_converted(manifest['converted'], args.channels)}"
+        if manifest["converted"]
+        else ""
+    )
     print(
         f"make-shards: wrote {split['count']} record(s) to {Path(args.out) / args.split} in "
-        f"{len(split['shards'])} shard(s), skipped {bad.total} ({skipped}) in {time.perf_counter() - t0:.1f}s"
+        f"{len(split['shards'])} shard(s), skipped {bad.total} ({skipped}){converted} in "
+        f"{time.perf_counter() - t0:.1f}s"
     )
     if bad.total:
         for reason, where in bad.examples.items():

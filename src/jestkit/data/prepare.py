@@ -32,6 +32,7 @@ from jestkit.data.shards import (
     SplitWriter,
     check_out_dir,
     dataset_fingerprint,
+    make_tmp_dir,
     publish_dir,
     write_manifest,
 )
@@ -173,10 +174,7 @@ def prepare_dataset(
     image_size = int(rc.DATASET_DEFAULTS[c.dataset]["image_size"])
     shape = (1, image_size, image_size)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = make_tmp_dir(out)  # a JestkitError naming --out if it cannot be written
     try:
         seen: set[str] = set()
         splits: dict[str, dict[str, Any]] = {}

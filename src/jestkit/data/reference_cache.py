@@ -254,16 +254,19 @@ class ReferenceCache:
             "splits": splits or [],
             **(extra or {}),
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
         try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
             np.save(tmp / "uids.npy", ids)
             np.save(tmp / "image.npy", image[order].astype(np.float16))
             np.save(tmp / "text.npy", text[order].astype(np.float16))
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
             publish_dir(tmp, out, overwrite=True)
+        except OSError as e:  # a full disk or read-only folder: say which cache, leave no debris
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise JestkitError(f"reference cache {out}: cannot write it ({e})") from e
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -153,10 +153,13 @@ class BadRecords:
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise JestkitError(f"{path}: cannot write it ({e})") from e
 
 
 def _column(values: list[Any], name: str) -> pa.Array:
@@ -189,7 +192,10 @@ class SplitWriter:
         if not isinstance(shard_size, int) or shard_size < 1:
             raise JestkitError(f"shard_size: must be a positive integer, got {shard_size!r}")
         self.dir = Path(split_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise JestkitError(f"{self.dir}: cannot create the split folder ({e})") from e
         self.shape = tuple(int(x) for x in image_shape)
         self.shard_size = shard_size
         self.strict = strict
@@ -207,7 +213,10 @@ class SplitWriter:
 
         self._close_shard()
         name = SHARD_PATTERN.format(len(self._shards))
-        self._file = open(self.dir / name, "wb")  # noqa: SIM115 (stays open across writes)
+        try:
+            self._file = open(self.dir / name, "wb")  # noqa: SIM115 (stays open across writes)
+        except OSError as e:
+            raise JestkitError(f"{self.dir / name}: cannot write the shard ({e})") from e
         self._tar = wds.TarWriter(
             self._file, encoder=False, mtime=TAR_MTIME, user=TAR_OWNER, group=TAR_OWNER, mode=0o444
         )
@@ -236,7 +245,12 @@ class SplitWriter:
         if self._tar is None or self._shard_counts[-1] >= self.shard_size:
             self._open_next()
         offset = self._tar.tarstream.offset
-        self._tar.write({"__key__": uid, "png": png, "txt": caption.encode("utf-8")})
+        try:
+            self._tar.write({"__key__": uid, "png": png, "txt": caption.encode("utf-8")})
+        except OSError as e:  # e.g. the disk filled up: name the shard being written
+            raise JestkitError(
+                f"{self.dir / self._shards[-1]}: cannot write the shard ({e})"
+            ) from e
         row = {"uid": uid, "index": len(self._rows), "shard": self._shards[-1], "offset": offset}
         row["caption"] = caption
         row.update(meta or {})
@@ -246,7 +260,12 @@ class SplitWriter:
 
     def close(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Finish the last shard, write ``meta.parquet`` and ``split.json``; return the split info."""
-        self._close_shard()
+        try:
+            self._close_shard()
+        except OSError as e:
+            raise JestkitError(
+                f"{self.dir / self._shards[-1]}: cannot finish the shard ({e})"
+            ) from e
         keys: list[str] = []
         for row in self._rows:
             keys += [k for k in row if k not in keys]
@@ -255,7 +274,10 @@ class SplitWriter:
             if keys
             else pa.table({"uid": pa.array([], pa.string())})
         )
-        pq.write_table(table, self.dir / META_FILE, compression="zstd")
+        try:
+            pq.write_table(table, self.dir / META_FILE, compression="zstd")
+        except OSError as e:
+            raise JestkitError(f"{self.dir / META_FILE}: cannot write it ({e})") from e
         info = {
             "format": "jestkit-split",
             "version": FORMAT_VERSION,
@@ -281,19 +303,37 @@ def dataset_fingerprint(splits: dict[str, dict[str, Any]]) -> str:
     return combine_fingerprints({k: v["fingerprint"] for k, v in splits.items()})
 
 
+def make_tmp_dir(out: Path) -> Path:
+    """A fresh hidden ``.OUT.tmp-<pid>`` beside ``out`` to write into before :func:`publish_dir`.
+
+    A folder that cannot be created (read-only, full disk) is a :class:`JestkitError` naming it.
+    """
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise JestkitError(f"{out}: cannot write there ({e})") from e
+    return tmp
+
+
 def publish_dir(tmp: Path, out: Path, overwrite: bool) -> None:
     """Atomically move a finished ``tmp`` folder to ``out`` (replacing it if ``overwrite``)."""
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-    if out.exists():
-        if not overwrite:
-            raise JestkitError(f"--out {out}: already exists (pass --overwrite to replace it)")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    try:
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        if out.exists():
+            if not overwrite:
+                raise JestkitError(f"--out {out}: already exists (pass --overwrite to replace it)")
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except OSError as e:
+        raise JestkitError(f"--out {out}: cannot move the finished folder there ({e})") from e
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:

@@ -20,9 +20,11 @@ Definitions (also in docs/reproduction.md):
   baseline that saturates early flatters every ratio.
 - spread: the sample standard deviation over seeds (n - 1; 0 for a single seed).
 
-Layout: ``suite`` loads the suite folder, ``stats`` computes the per-method numbers, ``claims``
-judges JEST.md §5's claims, ``plots`` draws the figures, ``markdown`` renders report.md and
-``build`` ties them together; this module re-exports the public names and holds the CLI.
+Layout: ``suite`` loads the suite folder, ``stats`` computes the per-method numbers (and the
+sweep, bias-init and cheap-scoring ablations), ``claims`` judges JEST.md §5's claims, ``plots``
+draws the figures, ``probe`` reads and renders the `jestkit.analysis` probe files found in the
+suite folder, ``markdown`` renders report.md and ``build`` ties them together; this module
+re-exports the public names and holds the CLI.
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ from jestkit.report.build import build_report
 from jestkit.report.claims import Claims
 from jestkit.report.markdown import render_markdown
 from jestkit.report.plots import Plot, Plotter
+from jestkit.report.probe import load_probes
 from jestkit.report.stats import (
     INF,
     REACH_RTOL,
     batch_sweep,
+    bias_ablation,
     compute_methods,
     eval_points,
     first_reach,
@@ -46,6 +50,8 @@ from jestkit.report.stats import (
     median_high,
     median_step_time,
     per_step_flops,
+    scorer_ablation,
+    selection_diagnostics,
 )
 from jestkit.report.suite import DEFAULT_METRIC, Run, load_suite
 
@@ -59,11 +65,13 @@ __all__ = [
     "Run",
     "add_arguments",
     "batch_sweep",
+    "bias_ablation",
     "build_report",
     "compute_methods",
     "eval_points",
     "first_reach",
     "gap",
+    "load_probes",
     "load_suite",
     "mean_std",
     "median_high",
@@ -71,6 +79,8 @@ __all__ = [
     "per_step_flops",
     "render_markdown",
     "run",
+    "scorer_ablation",
+    "selection_diagnostics",
 ]
 
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from jestkit.errors import check
 from jestkit.report.claims import Claims, _fmt_opt
 from jestkit.report.markdown import render_markdown
 from jestkit.report.plots import Plotter
-from jestkit.report.stats import batch_sweep, compute_methods
+from jestkit.report.probe import load_probes
+from jestkit.report.stats import batch_sweep, bias_ablation, compute_methods, scorer_ablation
 from jestkit.report.suite import DEFAULT_METRIC, Run, load_suite
 
 
@@ -33,7 +34,9 @@ def build_report(suite_dir: str | Path, min_seeds: int = 2, plots: bool = True) 
     metric = suite.get("target_metric") or DEFAULT_METRIC
     methods = compute_methods(runs, metric)
     claims_eval = Claims(methods, runs, min_seeds=min_seeds, metric_name=metric.split("/")[-1])
-    claims = claims_eval.evaluate()
+    # A suite that is not a reproduction (e.g. `jestkit pipeline` on a user's data) sets
+    # "claims": false: the paper's claims table would only say "not measured".
+    claims = claims_eval.evaluate() if suite.get("claims", True) is not False else []
     fam = claims_eval.main_family()
     figures = Plotter(suite_dir / "plots", methods, metric, runs).all() if plots else []
 
@@ -50,6 +53,8 @@ def build_report(suite_dir: str | Path, min_seeds: int = 2, plots: bool = True) 
     ]
     notes = _notes(runs, methods, metric)
     report = {
+        "title": str(suite.get("title") or "JEST reproduction report"),
+        "final_eval_table": bool(suite.get("final_eval_table", False)),
         "target_metric": metric,
         "suite_dir": str(suite_dir),
         "min_seeds": min_seeds,
@@ -58,6 +63,10 @@ def build_report(suite_dir: str | Path, min_seeds: int = 2, plots: bool = True) 
         },
         "claims": claims,
         "batch_sweep": batch_sweep(methods, fam),
+        "bias_ablation": bias_ablation(methods),
+        "scorer_ablation": scorer_ablation(methods),
+        # Written by `python -m jestkit.analysis` into the suite folder, if it was run.
+        "probes": load_probes(suite_dir),
         "runs": run_rows,
         "unfinished_runs": [r for r in run_rows if r["status"] != "finished"],
         "plots": [{"file": p.file, "title": p.title, "caption": p.caption} for p in figures],

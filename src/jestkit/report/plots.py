@@ -243,8 +243,8 @@ class Plotter:
             if p is not None:
                 pool.append(p)
             drawn += 1
-        if not drawn:
-            return None
+        if not drawn or not any(pool):
+            return None  # no noise labels in the data (a user's own pool): nothing to show
         if pool:
             ax.axhline(
                 float(np.mean(pool)), color="grey", ls="--", lw=1, label="pool's noisy fraction"
@@ -348,6 +348,72 @@ class Plotter:
             "an error bar crossing zero means no measurable difference at that b",
         )
 
+    def sweep_joint_terms(self, family: str) -> Plot | None:
+        """The joint terms against the per-example scores as b grows, and over training."""
+        points = [p for p in batch_sweep(self.methods, family) if p.get("jest_diagnostics")]
+        if not points:
+            return None
+        fig, axes = _figure(2)
+        bs = np.array([p["x"] for p in points], dtype=float)
+        for key, label, color, ls in (
+            ("sel/pool_joint_term_spread", "joint terms, pool candidates", "C0", "-"),
+            ("sel/pool_example_score_spread", "per-example scores, pool", "C1", "-"),
+            ("sel/joint_term_spread", "joint terms, within the batch", "C0", "--"),
+            ("sel/example_score_spread", "per-example scores, within the batch", "C1", "--"),
+        ):
+            ys = [p["jest_diagnostics"].get(key, {}).get("mean", math.nan) for p in points]
+            if not np.isnan(ys).all():
+                axes[0].plot(bs, ys, marker="o", color=color, ls=ls, label=label)
+        axes[0].set_xscale("log", base=2)
+        axes[0].set_yscale("log")
+        axes[0].set_xlabel("training batch size b (log2)")
+        axes[0].set_ylabel("std (score units; mean over steps and seeds)")
+        axes[0].set_title("spread of joint terms vs per-example scores (jest runs)", fontsize=10)
+        axes[0].legend(fontsize=7)
+        series = _step_series(["sel/pool_joint_term_spread", "sel/pool_example_score_spread"])
+        cmap = self.colors
+        drawn = 0
+        for i, p in enumerate(points):
+            name = p["methods"][0]
+            runs = self.methods[name]["_runs"]
+            rows = [series(r) for r in runs]
+            if not any(rows):
+                continue
+            ratio = _aligned(
+                runs,
+                lambda r: [
+                    {"step": q["step"], "ratio": q["sel/pool_joint_term_spread"]
+                     / q["sel/pool_example_score_spread"]}
+                    for q in series(r)
+                    if q["sel/pool_example_score_spread"] > 0
+                ],
+                "step",
+                "ratio",
+            )  # fmt: skip
+            if ratio is None:
+                continue
+            xs, ys = ratio
+            w = max(1, len(xs) // 30)
+            ys = np.stack([_smooth(y, w) for y in ys])
+            _band(axes[1], xs, ys, f"b={p['x']}", cmap.get(name, f"C{i}"))
+            drawn += 1
+        axes[1].axhline(1.0, color="black", lw=0.8, ls=":")
+        axes[1].set_yscale("log")
+        axes[1].set_xlabel("learner steps")
+        axes[1].set_ylabel("joint-term spread / per-example spread (pool)")
+        axes[1].set_title("over training (moving average)", fontsize=10)
+        if drawn:
+            axes[1].legend(fontsize=7)
+        fig.suptitle(f"Joint terms vs batch size ({family} family)")
+        return self._save(
+            fig,
+            f"joint_terms_vs_b_{family}.png",
+            f"joint terms vs batch size ({family})",
+            "the joint terms are sums over the selected batch, so their spread grows with b while "
+            "the per-example spread does not; above the dotted line (ratio 1) they dominate what "
+            "the sampler picks",
+        )
+
     def bias_init(self, family: str) -> Plot | None:
         ablated = sorted(
             n
@@ -437,6 +503,7 @@ class Plotter:
                 self.noisy_fraction,
                 self.joint_terms,
                 self.batch_sweep,
+                self.sweep_joint_terms,
                 self.bias_init,
                 self.overhead,
             ):

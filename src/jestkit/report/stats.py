@@ -155,6 +155,7 @@ def compute_methods(runs: Sequence[Run], metric: str) -> dict[str, dict[str, Any
                 "step_time_s": _mean_of(median_step_time(r) for r in done),
                 "noisy_selected_frac": _mean_of(_line_mean(r, "noisy_selected_frac") for r in done),
                 "noisy_pool_frac": _mean_of(_line_mean(r, "noisy_pool_frac") for r in done),
+                "selection_diagnostics": selection_diagnostics(done),
             }
         )
         m["_runs"], m["_name"] = done, name
@@ -309,7 +310,150 @@ def batch_sweep(methods: dict[str, dict[str, Any]], family: str) -> list[dict[st
         if m["selection"] not in slot or m["tags"].get("sweep"):
             slot[m["selection"]] = m
     return [
-        {"x": b, **gap(slot["jest"], slot["independent"])}
+        {
+            "x": b,
+            **gap(slot["jest"], slot["independent"]),
+            "steps": slot["jest"]["steps"],
+            "jest_noisy_selected_frac": slot["jest"]["noisy_selected_frac"],
+            "independent_noisy_selected_frac": slot["independent"]["noisy_selected_frac"],
+            "jest_diagnostics": slot["jest"].get("selection_diagnostics", {}),
+            "independent_diagnostics": slot["independent"].get("selection_diagnostics", {}),
+        }
         for b, slot in sorted(by_b.items())
         if "jest" in slot and "independent" in slot
     ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Selection diagnostics (the sel/* lines), the bias-init ablation and the cheap-scoring ablation
+
+DIAGNOSTICS = (
+    "sel/joint_term_spread",
+    "sel/example_score_spread",
+    "sel/pool_joint_term_spread",
+    "sel/pool_example_score_spread",
+    "sel/neg_score_selected",
+    "sel/learner_neg_loss_selected",
+    "sel/reference_neg_loss_selected",
+    "noisy_selected_frac",
+)
+
+
+def selection_diagnostics(runs: Sequence[Run]) -> dict[str, dict[str, float]]:
+    """Per logged key: its mean over every step line of ``runs`` (all seeds), and over the first
+    and the last third of training (does it change later on?). Keys never logged are left out."""
+    out: dict[str, dict[str, float]] = {}
+    for key in DIAGNOSTICS:
+        allv, early, late = [], [], []
+        for run in runs:
+            lines = run.step_lines()
+            n = len(lines)
+            for i, r in enumerate(lines):
+                v = _finite(r.get(key))
+                if math.isnan(v):
+                    continue
+                allv.append(v)
+                if i < n / 3:
+                    early.append(v)
+                elif i >= 2 * n / 3:
+                    late.append(v)
+        if allv:
+            out[key] = {
+                "mean": math.fsum(allv) / len(allv),
+                "early": math.fsum(early) / len(early) if early else math.nan,
+                "late": math.fsum(late) / len(late) if late else math.nan,
+            }
+    return out
+
+
+def _twin(methods: dict[str, dict[str, Any]], m: dict[str, Any]) -> str | None:
+    """The untagged method of m's family with m's selector, criterion, f, b, steps, reference."""
+    keys = ("family", "selection", "criterion", "filter_ratio", "batch_size", "steps")
+    for name, other in sorted(methods.items()):
+        if other["tags"].get("sweep") or other["kind"] != "learner":
+            continue
+        same_ref = (other.get("reference") or "") == (m.get("reference") or "")
+        if same_ref and all(other.get(k) == m.get(k) for k in keys):
+            return name
+    return None
+
+
+def bias_ablation(methods: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each bias-init-ablated method next to its default-init twin: finals and diagnostics."""
+    rows = []
+    for name, m in sorted(methods.items()):
+        if m["tags"].get("sweep") != "bias_init":
+            continue
+        twin = _twin(methods, m)
+        t = methods.get(twin) if twin else None
+        rows.append(
+            {
+                "method": name,
+                "selection": m["selection"],
+                "bias_init": m["tags"].get("bias_init"),
+                "final": m["final_metric"],
+                "final_std": m["final_metric_std"],
+                "seeds": m["seeds"],
+                "default": twin,
+                "default_final": t["final_metric"] if t else None,
+                "default_final_std": t["final_metric_std"] if t else None,
+                "default_seeds": t["seeds"] if t else None,
+                "diagnostics": m["selection_diagnostics"],
+                "default_diagnostics": t["selection_diagnostics"] if t else None,
+            }
+        )
+    gaps = {}
+    for label, pick in (("ablated", lambda r: r["method"]), ("default", lambda r: r["default"])):
+        sel = {r["selection"]: pick(r) for r in rows if pick(r) in methods}
+        if "jest" in sel and "independent" in sel:
+            gaps[label] = gap(methods[sel["jest"]], methods[sel["independent"]])
+    for r in rows:
+        r["gaps"] = gaps
+    return rows
+
+
+def _last(run: Run, key: str) -> float:
+    """A cumulative counter at the end of a run: the final line's, else the last step line's."""
+    if run.final is not None and key in run.final:
+        return _finite(run.final[key])
+    lines = [r for r in run.step_lines() if key in r]
+    return _finite(lines[-1][key]) if lines else math.nan
+
+
+def scorer_ablation(methods: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cheap-scoring runs (tag ``sweep: scorer``) against the full-learner run they replace."""
+    rows = []
+    for name, m in sorted(methods.items()):
+        if m["tags"].get("sweep") != "scorer":
+            continue
+        full = methods.get(m["tags"].get("compare") or "")
+        score = [_last(r, "flops/learner_score") for r in m["_runs"]]
+        row = {
+            "method": name,
+            "scorer": m["tags"].get("scorer"),
+            "compare": full["_name"] if full else None,
+            "final": m["final_metric"],
+            "final_std": m["final_metric_std"],
+            "seeds": m["seeds"],
+            "noisy_selected_frac": m["noisy_selected_frac"],
+            "score_flops_per_step": math.fsum(score) / len(score) / m["steps"],
+            "total_flops": m["total_flops"],
+            "step_time_s": m["step_time_s"],
+            "steps_to_target": m["steps_to_target"],
+        }
+        if full:
+            fs = [_last(r, "flops/learner_score") for r in full["_runs"]]
+            full_score = math.fsum(fs) / len(fs) / full["steps"]
+            row |= {
+                "compare_final": full["final_metric"],
+                "compare_final_std": full["final_metric_std"],
+                "compare_seeds": full["seeds"],
+                "compare_noisy_selected_frac": full["noisy_selected_frac"],
+                "compare_steps_to_target": full["steps_to_target"],
+                "score_flops_ratio": _ratio(row["score_flops_per_step"], full_score),
+                "total_flops_ratio": _ratio(m["total_flops"], full["total_flops"]),
+                "step_time_ratio": _ratio(m["step_time_s"], full["step_time_s"]),
+                "gap": gap(m, full) if m["seeds"] and full["seeds"] else None,
+            }
+        rows.append(row)
+    return rows

@@ -1,0 +1,181 @@
+"""Stages 2-4: each run's `jestkit.train` config, training (skipped when finished, resumed when
+interrupted), the reference's export and cache over POOL, and OUT/suite.json for the report.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from jestkit.errors import JestkitError, check
+from jestkit.pipeline.inputs import Input
+from jestkit.pipeline.options import PipelineOptions, Sizes
+from jestkit.pipeline.util import say, write_json
+
+TARGET_METRIC = "eval/retrieval_r1"
+
+
+def run_config(
+    name: str,
+    selector: str,
+    data: Path,
+    out: Path,
+    sizes: Sizes,
+    opts: PipelineOptions,
+    in_memory: bool = True,
+) -> Any:
+    """The `jestkit.train` config of one run (reference: uniform on CURATED; else on POOL).
+
+    `in_memory`: decode the training split into RAM once (the fast path), else stream it.
+    """
+    from jestkit.config import RunConfig, apply_overrides, validate
+
+    cfg = RunConfig(name=name)
+    cfg.data.dir = str(data.resolve())
+    cfg.data.dataset = ""
+    cfg.data.in_memory = in_memory
+    cfg.model.name = opts.model
+    cfg.train.seed = opts.seed
+    cfg.train.device = opts.device
+    cfg.train.progress = opts.progress
+    cfg.train.eval_max_examples = 0
+    if name == "reference":
+        cfg.data.train_split = "curated"
+        cfg.selection.method = "uniform"
+        cfg.train.steps = sizes.reference_steps
+        cfg.train.batch_size = sizes.reference_batch_size
+        cfg.train.eval_every = sizes.reference_eval_every
+        cfg.train.checkpoint_every = sizes.reference_eval_every
+        cfg.optim.warmup_steps = sizes.reference_warmup_steps
+    else:
+        cfg.data.train_split = "pool"
+        cfg.selection.method = selector
+        cfg.selection.filter_ratio = opts.filter_ratio
+        cfg.selection.n_chunks = sizes.n_chunks
+        cfg.train.steps = sizes.steps
+        cfg.train.batch_size = sizes.batch_size
+        cfg.train.eval_every = sizes.eval_every
+        cfg.train.checkpoint_every = sizes.checkpoint_every
+        cfg.optim.warmup_steps = sizes.warmup_steps
+        if selector == "flexi-jest":
+            cfg.train.multires_fraction = 0.5  # the paper's Flexi-JEST: half the batch at low res
+        if selector != "uniform":
+            cfg.selection.reference = str((out / "references" / "reference").resolve())
+            cfg.selection.reference_cache = str((out / "caches" / "reference").resolve())
+    apply_overrides(cfg, opts.overrides)
+    return validate(cfg)
+
+
+def fits_in_memory(inp: Input) -> bool:
+    """Whether the decoded split fits in RAM (the loader's own rule for `in_memory=None`)."""
+    from jestkit.data.loader import DEFAULT_MAX_MEMORY
+
+    shape = int(inp.info["in_channels"]) * int(inp.info["image_size"]) ** 2
+    return inp.count * shape <= DEFAULT_MAX_MEMORY
+
+
+def _final(run_dir: Path) -> dict[str, Any] | None:
+    from jestkit.metrics import read_metrics
+
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rows = read_metrics(path)
+    return rows[-1] if rows and rows[-1].get("final") else None
+
+
+def train_run(cfg: Any, run_dir: Path, quiet: bool) -> tuple[dict[str, Any], str]:
+    """(final record, "done" | "resumed" | "skipped"); a finished run is not touched."""
+    from jestkit.checkpoint import latest_checkpoint
+    from jestkit.train import train
+
+    final = _final(run_dir)
+    if final is not None:
+        return final, "skipped"
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None:
+        say(f"  resuming from {ckpt}", quiet)
+    return train(cfg, run_dir, resume="latest"), "resumed" if ckpt is not None else "done"
+
+
+def publish_reference(out: Path, pool: Input, device: str, progress: bool) -> str:
+    """Stage 3: export the reference run's model and cache it over POOL (each skipped if valid)."""
+    from jestkit.checkpoint import latest_checkpoint
+    from jestkit.data import ReferenceCache
+    from jestkit.evaluate import resolve_device
+    from jestkit.models import load_pretrained, model_fingerprint, save_pretrained
+
+    status = "skipped"
+    model_dir = out / "references" / "reference"
+    if not (model_dir / "config.json").is_file():
+        ckpt = latest_checkpoint(out / "runs" / "reference")
+        check(ckpt is not None, f"reference run {out / 'runs' / 'reference'}: no checkpoint")
+        save_pretrained(model_dir, *load_pretrained(ckpt))
+        status = "done"
+    dev = resolve_device(device)
+    model, tokenizer = load_pretrained(model_dir, device=dev)
+    cache_dir = out / "caches" / "reference"
+    fp = model_fingerprint(model)
+    if (cache_dir / "meta.json").is_file():
+        try:
+            ReferenceCache.open(
+                cache_dir, model_fingerprint=fp, data_fingerprint=pool.info.get("fingerprint")
+            )
+            return status
+        except JestkitError as e:
+            print(f"pipeline: rebuilding the reference cache: {e}", file=sys.stderr)
+    ReferenceCache.build(
+        model, tokenizer, [pool.split_dir], cache_dir, device=dev, model_fingerprint=fp,
+        overwrite=True, progress=progress,
+    )  # fmt: skip
+    return "done"
+
+
+def write_suite(out: Path, cfgs: dict[str, Any], seed: int, family: str) -> None:
+    """OUT/suite.json: the runs as a suite, so `jestkit report OUT` (and build_report) reads it."""
+    learners = {n: c for n, c in cfgs.items() if n != "reference"}
+    uniform = [n for n, c in learners.items() if c.selection.method == "uniform"]
+    entries = []
+    for name, cfg in cfgs.items():
+        ref = name == "reference"
+        scores = cfg.selection.method != "uniform"
+        entries.append(
+            {
+                "name": name,
+                "method": name,
+                "seed": seed,
+                "kind": "reference" if ref else "learner",
+                "family": family,
+                "baseline": None if ref or not uniform else uniform[0],
+                "reference": "reference" if scores and not ref else None,
+                "selection": cfg.selection.method,
+                "criterion": cfg.selection.criterion,
+                "filter_ratio": cfg.selection.filter_ratio,
+                "batch_size": cfg.train.batch_size,
+                "steps": cfg.train.steps,
+                "dir": f"runs/{name}",
+            }
+        )
+    write_json(
+        out / "suite.json",
+        {
+            "title": "jestkit pipeline report",
+            "claims": False,
+            "final_eval_table": True,
+            "mode": "pipeline",
+            "target_metric": TARGET_METRIC,
+            "runs": entries,
+        },
+    )
+
+
+def describe(final: dict[str, Any]) -> str:
+    def get(key: str) -> str:
+        v = final.get(f"eval/{key}")
+        return "–" if v is None else f"{v:.3f}"
+
+    text = f"R@1 i2t {get('i2t_r1')} t2i {get('t2i_r1')}"
+    if "eval/zeroshot_top1" in final:
+        text += f", zero-shot {get('zeroshot_top1')}"
+    return text

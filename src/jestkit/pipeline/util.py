@@ -1,0 +1,30 @@
+"""Progress lines, warnings and atomic JSON writes shared by the pipeline's stages."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def say(message: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(message, flush=True)
+
+
+def say_skipped(status: str, quiet: bool) -> None:
+    if status == "skipped":
+        say("  already there and valid: skipped", quiet)
+
+
+def warn(message: str, warnings: list[str]) -> None:
+    warnings.append(message)
+    print(f"pipeline: warning: {message}", file=sys.stderr, flush=True)
+
+
+def write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
