@@ -1,7 +1,7 @@
 """One process vs two (torchrun, gloo) at the same global batch, and the cost at the paper's scale.
 
     jestkit bench distributed                  # quick preset, b = 256, f = 0.8, 60 steps each
-    jestkit bench distributed --steps 30 --config debug
+    jestkit bench distributed --selection-only --batch-size 1024 4096 --dim 256
     python bench/distributed.py --estimate-only
 
 Three launches of `torchrun -m jestkit.train` on the same config and global batch, one after the
@@ -188,8 +188,11 @@ def _selection(n: int, b: int, d: int, reps: int) -> dict[str, float]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="quick", help="training preset (default quick)")
     parser.add_argument("--steps", type=int, default=60, help="training steps per launch")
-    parser.add_argument("--batch-size", type=int, default=1024, help="selection-only: b")
-    parser.add_argument("--dim", type=int, default=64, help="selection-only: embedding width")
+    parser.add_argument(
+        "--batch-size", type=int, nargs="+", default=[1024, 4096], help="selection: b (several ok)"
+    )
+    parser.add_argument("--dim", type=int, default=256, help="selection: embedding width")
+    parser.add_argument("--selection-only", action="store_true", help="skip the training launches")
     parser.add_argument("--reps", type=int, default=5, help="selection-only repetitions")
     parser.add_argument(
         "--estimate-only", action="store_true", help="only the paper-scale estimate"
@@ -200,6 +203,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.estimate_only:
         print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, gloo")
+    if not (args.estimate_only or args.selection_only):
         with tempfile.TemporaryDirectory() as tmp:
             rows = []
             for nproc, threads in ((1, 1), (1, 2), (2, 1)):
@@ -216,12 +220,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"\ntraining step, config {args.config!r}, same global batch:")
         for name, t in rows:
             print(f"  {name:30s} {t * 1e3:8.1f} ms/step   speed-up vs 1x1 {base / t:5.2f}x")
-        n = round(args.batch_size / 0.2)
-        sel = _selection(n, args.batch_size, args.dim, args.reps)
-        one = sel["one process"]
-        print(f"\njoint selection alone, N={n}, b={args.batch_size}, d={args.dim}, n_chunks=16:")
-        for name, t in sel.items():
-            print(f"  {name:30s} {t * 1e3:8.1f} ms   ratio to one process {t / one:5.2f}")
+    if not args.estimate_only:
+        for b in args.batch_size:
+            n = round(b / 0.2)
+            sel = _selection(n, b, args.dim, args.reps)
+            one = sel["one process"]
+            print(f"\njoint selection alone, N={n}, b={b}, d={args.dim}, n_chunks=16:")
+            for name, t in sel.items():
+                print(f"  {name:30s} {t * 1e3:8.1f} ms   ratio to one process {t / one:5.2f}")
     print_estimate()
     return 0
 
