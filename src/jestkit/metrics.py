@@ -349,3 +349,12 @@ class ProgressBar:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def final_record(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The final line of a finished run's metrics.jsonl (None: not finished, or no run there)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rows = read_metrics(path)
+    return rows[-1] if rows and rows[-1].get("final") else None

@@ -36,6 +36,7 @@ from typing import Any
 
 from jestkit.config import RunConfig, apply_overrides, get_preset, validate
 from jestkit.errors import JestkitError, check
+from jestkit.metrics import final_record
 
 TARGET_METRIC = "eval/retrieval_r1"
 
@@ -413,16 +414,6 @@ def run_config(spec: RunSpec, size: SuiteSize, suite: Path) -> RunConfig:
     return validate(cfg)
 
 
-def _finished(run_dir: Path) -> dict[str, Any] | None:
-    from jestkit.metrics import read_metrics
-
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    rows = read_metrics(path)
-    return rows[-1] if rows and rows[-1].get("final") else None
-
-
 def _train_one(spec: dict[str, Any], size: dict[str, Any], suite: str, threads: int) -> dict:
     """Worker entry point: one run, resumed if it was interrupted."""
     import torch
@@ -516,7 +507,7 @@ def reproduce(
     jobs = jobs or max(1, min(2, os.cpu_count() or 1))
     threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or None
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    todo = [r for r in runs if _finished(suite / r.dir) is None]
+    todo = [r for r in runs if final_record(suite / r.dir) is None]
     done_before = len(runs) - len(todo)
     bar = tqdm(
         total=len(runs), initial=done_before, desc="reproduce", unit="run", dynamic_ncols=True
@@ -613,7 +604,7 @@ def reuse_runs(runs: list[RunSpec], size: SuiteSize, suite: Path, other: Path) -
     linked = []
     for r in runs:  # references come first
         here, there = suite / r.dir, other / r.dir
-        if here.exists() or here.is_symlink() or _finished(there) is None:
+        if here.exists() or here.is_symlink() or final_record(there) is None:
             continue
         if (
             r.reference

@@ -136,6 +136,35 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
+def user_manifest(
+    name: str,
+    image_size: int,
+    channels: int,
+    splits: dict[str, Any],
+    options: dict[str, Any],
+    **counts: Any,
+) -> dict[str, Any]:
+    """The manifest of a dataset made from the user's own files (make-shards, pipeline)."""
+    from jestkit import __version__
+
+    return {
+        "format": "jestkit-dataset",
+        "version": FORMAT_VERSION,
+        "name": name,
+        "recipe": "user",
+        "seed": None,
+        "image_size": image_size,
+        "in_channels": channels,
+        "classes": [],
+        "templates": [],
+        "splits": splits,
+        "fingerprint": dataset_fingerprint(splits),
+        "options": options,
+        **counts,
+        "created_by": f"jestkit {__version__}",
+    }
+
+
 def make_shards(
     input_path: str | os.PathLike,
     out: str | os.PathLike,
@@ -153,8 +182,6 @@ def make_shards(
     log = sys.stderr if log is None else log  # at call time: sys.stderr may have been replaced
     from PIL import Image
     from tqdm import tqdm
-
-    from jestkit import __version__
 
     path = Path(input_path)
     transform = ImageTransform(image_size, channels, resize)
@@ -253,24 +280,16 @@ def make_shards(
                 "fingerprint": info["fingerprint"],
             }
         }
-        manifest = {
-            "format": "jestkit-dataset",
-            "version": FORMAT_VERSION,
-            "name": path.stem,
-            "recipe": "user",
-            "seed": None,
-            "image_size": image_size,
-            "in_channels": channels,
-            "classes": [],
-            "templates": [],
-            "splits": splits,
-            "fingerprint": dataset_fingerprint(splits),
-            "options": {"input": str(path), "resize": resize, "shard_size": shard_size},
-            "skipped": dict(bad.counts),
-            "converted": dict(sorted(converted.items())),  # source mode -> images converted
-            "resized": resized,
-            "created_by": f"jestkit {__version__}",
-        }
+        manifest = user_manifest(
+            path.stem,
+            image_size,
+            channels,
+            splits,
+            {"input": str(path), "resize": resize, "shard_size": shard_size},
+            skipped=dict(bad.counts),
+            converted=dict(sorted(converted.items())),  # source mode -> images converted
+            resized=resized,
+        )
         write_manifest(tmp, manifest)
         publish_dir(tmp, out, overwrite)
     except BaseException:

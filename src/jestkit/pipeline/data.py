@@ -67,12 +67,10 @@ def _reshard(
     from PIL import Image
     from tqdm import tqdm
 
-    from jestkit import __version__
+    from jestkit.data.make_shards import user_manifest
     from jestkit.data.shards import (
-        FORMAT_VERSION,
         SplitWriter,
         build_index,
-        dataset_fingerprint,
         publish_dir,
         read_meta,
         write_manifest,
@@ -113,25 +111,17 @@ def _reshard(
                 "fingerprint": info["fingerprint"],
             }
         }
-        manifest = {
-            "format": "jestkit-dataset",
-            "version": FORMAT_VERSION,
-            "name": inp.name,
-            "recipe": "user",
-            "seed": None,
-            "image_size": image_size,
-            "in_channels": channels,
-            "classes": [],
-            "templates": [],
-            "splits": splits,
-            "fingerprint": dataset_fingerprint(splits),
-            "options": {"input": str(inp.split_dir), "resize": resize},
-            "skipped": {},
-            "converted": {mode: info["count"]} if src_c != channels else {},
-            "resized": info["count"] if src_s != image_size else 0,
-            "resized_from": f"{src_s}x{src_s}",
-            "created_by": f"jestkit {__version__}",
-        }
+        manifest = user_manifest(
+            inp.name,
+            image_size,
+            channels,
+            splits,
+            {"input": str(inp.split_dir), "resize": resize},
+            skipped={},
+            converted={mode: info["count"]} if src_c != channels else {},
+            resized=info["count"] if src_s != image_size else 0,
+            resized_from=f"{src_s}x{src_s}",
+        )
         write_manifest(tmp, manifest)
         publish_dir(tmp, dest, overwrite=False)
     except BaseException:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from jestkit.errors import JestkitError, check
+from jestkit.metrics import final_record
 from jestkit.pipeline.inputs import Input
 from jestkit.pipeline.options import PipelineOptions, Sizes
 from jestkit.pipeline.util import say, write_json
@@ -75,22 +76,12 @@ def fits_in_memory(inp: Input) -> bool:
     return inp.count * shape <= DEFAULT_MAX_MEMORY
 
 
-def _final(run_dir: Path) -> dict[str, Any] | None:
-    from jestkit.metrics import read_metrics
-
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    rows = read_metrics(path)
-    return rows[-1] if rows and rows[-1].get("final") else None
-
-
 def train_run(cfg: Any, run_dir: Path, quiet: bool) -> tuple[dict[str, Any], str]:
     """(final record, "done" | "resumed" | "skipped"); a finished run is not touched."""
     from jestkit.checkpoint import latest_checkpoint
     from jestkit.train import train
 
-    final = _final(run_dir)
+    final = final_record(run_dir)
     if final is not None:
         return final, "skipped"
     ckpt = latest_checkpoint(run_dir)
