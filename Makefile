@@ -46,6 +46,7 @@ bench: install data
 	$(PY) bench/models.py
 	$(PY) bench/data.py
 	$(PY) bench/overhead.py --threads 1
+	$(PY) bench/distributed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
