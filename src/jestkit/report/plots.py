@@ -426,7 +426,7 @@ class Plotter:
         main = self._main(family)
         for n in ablated:
             m = self.methods[n]
-            color = self.colors[n]
+            color = self._style(n)["color"]  # the ablated baseline is drawn black too
             data = _aligned(m["_runs"], self._evals, "step", "value")
             if data is not None:
                 bias = m["tags"].get("bias_init", m["tags"].get("bias"))
