@@ -99,6 +99,12 @@ SPECS: dict[str, dict] = {
         filter_ratio=0.8, tau=140, top=0.30, offsets=[0.0], flops=8e9, once=2e11,
         tags={"sweep": "bias_init", "bias_init": 0},
     ),
+    # the ablation's own baseline (it is drawn black in the bias-init plot, like every baseline)
+    "uniform-bias0": dict(
+        MLP, baseline="uniform-bias0", reference=None, selection="uniform",
+        criterion="learnability", filter_ratio=0.8, tau=200, top=0.22, offsets=[0.0], flops=8e9,
+        once=0, tags={"sweep": "bias_init", "bias_init": 0},
+    ),
     "uniform-vit": dict(
         VIT, baseline="uniform-vit", reference=None, selection="uniform", criterion="learnability",
         filter_ratio=0.8, tau=300, top=0.25, offsets=[-0.003, 0.003], flops=2e10, once=0,
@@ -535,8 +541,14 @@ def test_selection_diagnostics_are_means_over_logged_steps(full):
 
 def test_bias_ablation_pairs_each_method_with_its_default_twin(full):
     _, report = full
-    (row,) = report["bias_ablation"]
-    assert row["method"] == "jest-f0.8-bias0" and row["default"] == "jest-f0.8"
+    rows = {r["method"]: r for r in report["bias_ablation"]}
+    assert rows.keys() == {"jest-f0.8-bias0", "uniform-bias0"}
+    assert rows["uniform-bias0"]["default"] == "uniform"
+    assert rows["uniform-bias0"]["final"] == pytest.approx(mean(finals("uniform-bias0", SPECS)))
+    # the ablated baseline is drawn too (in black: baselines get no colour of their own)
+    assert "plots/bias_init_mlp.png" in [p["file"] for p in report["plots"]]
+    row = rows["jest-f0.8-bias0"]
+    assert row["default"] == "jest-f0.8"
     assert row["final"] == pytest.approx(mean(finals("jest-f0.8-bias0", SPECS)))
     assert row["default_final"] == pytest.approx(mean(finals("jest-f0.8", SPECS)))
     assert row["default_final_std"] == pytest.approx(std(finals("jest-f0.8", SPECS)))
