@@ -65,7 +65,7 @@ from jestkit.metrics import read_metrics
 from jestkit.models import Tokenizer, create_model, load_pretrained
 from jestkit.scoring import Embeddings
 from jestkit.selection import joint_sample, joint_sample_embeddings, super_batch_size
-from jestkit.workspace import ensure_dataset, ensure_reference, ensure_reference_cache
+from jestkit.stages import ensure_dataset, ensure_reference, ensure_reference_cache
 
 WALL_CLOCK = ("time", "step_time")
 
@@ -146,7 +146,10 @@ class Ctx:
 
     @property
     def reference(self) -> Path:
-        return self.memo("reference", lambda: ensure_reference(debug(), self.dataset, False))
+        return self.memo(
+            "reference",
+            lambda: ensure_reference(debug(), self.dataset, fit=train_mod.train, verbose=False),
+        )
 
     @property
     def cache(self) -> Path:

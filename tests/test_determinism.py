@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import torch
 
+import jestkit.runstate as runstate
 import jestkit.train as train_mod
 from jestkit.checkpoint import latest_checkpoint
 from jestkit.config import apply_overrides, get_preset, validate
 from jestkit.metrics import read_metrics
-from jestkit.workspace import ensure_dataset, ensure_reference, ensure_reference_cache
+from jestkit.stages import ensure_dataset, ensure_reference, ensure_reference_cache
 
 WALL_CLOCK = ("time", "step_time")
 
@@ -30,7 +31,9 @@ def _cache(tmp_path_factory, monkeypatch):
     # The reference is trained (by the same loop) on first use: do it before recording.
     cfg = get_preset("debug")
     data = ensure_dataset(cfg.data, verbose=False)
-    ensure_reference_cache(cfg, ensure_reference(cfg, data, verbose=False), data, verbose=False)
+    ensure_reference_cache(
+        cfg, ensure_reference(cfg, data, fit=train_mod.train, verbose=False), data, verbose=False
+    )
 
 
 class Recording:
@@ -51,13 +54,11 @@ class Recording:
 def run(tmp_path, name: str, monkeypatch, *overrides: str) -> dict:
     """One debug run; returns its metrics (no wall clock), selections and final weights' hash."""
     log: list[list[int]] = []
-    real = train_mod.build_selector
-    monkeypatch.setattr(
-        train_mod, "build_selector", lambda *a, **kw: Recording(real(*a, **kw), log)
-    )
+    real = runstate.build_selector
+    monkeypatch.setattr(runstate, "build_selector", lambda *a, **kw: Recording(real(*a, **kw), log))
     cfg = validate(apply_overrides(get_preset("debug"), list(overrides)))
     train_mod.train(cfg, tmp_path / name)
-    monkeypatch.setattr(train_mod, "build_selector", real)
+    monkeypatch.setattr(runstate, "build_selector", real)
     rows = read_metrics(tmp_path / name / "metrics.jsonl")
     manifest = json.loads((latest_checkpoint(tmp_path / name) / "COMPLETE").read_text())
     return {

@@ -78,7 +78,7 @@ def _init(rank: int, init_file: str) -> None:
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
-    from jestkit.distributed import World, average_gradients, check_same_config
+    from jestkit.distributed import World, check_same_config, wrap_model
     from jestkit.distributed_selection import DistributedSelector, global_top
 
     _init(rank, init_file)
@@ -132,14 +132,16 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
                 tops[case, c, m] = global_top(vals, c, rank * 12, WORLD, m=m)
         out["tops"] = tops
 
-        # 5. Gradient averaging: rank r's gradient is r + 1 everywhere -> 1.5 on both.
-        p = torch.nn.Parameter(torch.zeros(3))
-        p.grad = torch.full((3,), float(rank + 1))
-        q = torch.nn.Parameter(torch.zeros(2))  # no gradient on this rank: counts as zero
-        if rank == 1:
-            q.grad = torch.full((2,), 4.0)
-        average_gradients(World(rank, WORLD), [p, q])
-        out["grads"] = (p.grad.clone(), q.grad.clone())
+        # 5. Gradient averaging by the DDP-wrapped learner: rank r's gradient on row 0 is r + 1
+        #    -> 1.5 on every rank (row 1: 0); the wrapper starts every rank from rank 0's weights.
+        net = torch.nn.Linear(3, 2, bias=False)
+        with torch.no_grad():
+            net.weight.fill_(float(rank))
+        ddp = wrap_model(net, World(rank, WORLD), torch.device("cpu"))
+        x = torch.full((1, 3), float(rank + 1))
+        w0 = net.weight.detach().clone()
+        ddp(x)[:, 0].sum().backward()
+        out["grads"] = (net.weight.grad.clone(), w0)
 
         # 6. Different configs on the two ranks are refused by every rank.
         try:
@@ -231,9 +233,10 @@ def test_proposals_per_rank_cover_a_binomial_share():
 
 def test_gradients_are_averaged_over_ranks(results):
     for r in results:
-        p, q = r["grads"]
-        assert torch.equal(p, torch.full((3,), 1.5))
-        assert torch.equal(q, torch.full((2,), 2.0))
+        grad, start = r["grads"]
+        assert torch.equal(grad[0], torch.full((3,), 1.5))
+        assert torch.equal(grad[1], torch.zeros(3))
+        assert torch.equal(start, torch.zeros(2, 3))  # rank 0's weights (rank 1 filled 1s)
 
 
 def test_ranks_with_different_configs_are_refused_naming_the_key(results):

@@ -34,7 +34,9 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _torchrun(out: Path, *args: str, nproc: int = 2, restarts: int = 0) -> subprocess.Popen:
+def _torchrun(
+    out: Path, *args: str, nproc: int = 2, restarts: int = 0, env: dict | None = None
+) -> subprocess.Popen:
     cmd = [
         str(BIN / "torchrun"),
         "--standalone",
@@ -50,7 +52,7 @@ def _torchrun(out: Path, *args: str, nproc: int = 2, restarts: int = 0) -> subpr
     ]
     return subprocess.Popen(
         cmd,
-        env=_env(),
+        env=env or _env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -84,6 +86,21 @@ def two_ranks_long(tmp_path_factory) -> Path:
     return out
 
 
+def test_two_ranks_on_an_empty_cache_prepare_the_data_and_reference_and_finish(tmp_path):
+    # A new user's first run: no prepared dataset, no reference, no cache. Rank 0 runs the stages
+    # alone (the reference is trained by the one-process loop, no collective inside) while rank 1
+    # waits; then both train. It used to hang: the reference's inner train() ran a collective.
+    cache = tmp_path / "empty-cache"
+    cache.mkdir()
+    env = {**_env(), "JESTKIT_CACHE": str(cache)}
+    out = tmp_path / "cold"
+    log = _finish(_torchrun(out, "train.steps=10", env=env), timeout=240)
+    assert "training the reference model" in log and "caching the reference" in log
+    rows = _rows(out)
+    assert rows[-1]["final"] and rows[-1]["step"] == 10 and rows[-1]["world_size"] == 2
+    assert list(cache.glob("references/*/model/config.json"))  # the stage's export, in the cache
+
+
 def test_two_ranks_follow_the_one_rank_run(tmp_path):
     one, two = tmp_path / "p1", tmp_path / "p2"
     proc = _torchrun(two)
@@ -92,6 +109,7 @@ def test_two_ranks_follow_the_one_rank_run(tmp_path):
         env=_env(),
         check=True,
         capture_output=True,
+        timeout=300,
     )
     _finish(proc)
     rows1, rows2 = _rows(one), _rows(two)
@@ -128,7 +146,7 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_the_run_resumes_exactly(
         else:
             pytest.fail("the run did not reach step 45")
         workers = subprocess.run(
-            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, timeout=30
         ).stdout.split()
         assert len(workers) == 2, workers
         victim = max(int(p) for p in workers)  # rank 1 (started second); torchrun sees it die
@@ -163,6 +181,7 @@ def test_resume_on_another_number_of_ranks_continues_the_same_data(tmp_path, two
         env=_env(),
         check=True,
         capture_output=True,
+        timeout=300,
     )
     two, one = _steps(_rows(two_ranks_long)), _steps(_rows(out))
     assert sorted(one) == list(range(181, 201))

@@ -176,7 +176,7 @@ def test_selection_stats_off_logs_no_diagnostics_and_selects_the_same(tmp_path):
 
 
 def test_a_checkpoint_that_predates_a_config_key_resumes_if_the_key_keeps_its_default():
-    from jestkit.train import config_mismatch
+    from jestkit.config import config_mismatch
 
     current = debug().to_dict()
     older = json.loads(json.dumps(current))

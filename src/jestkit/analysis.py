@@ -249,11 +249,10 @@ def probe_checkpoint(
     super-batches are drawn twice as large and the first N remaining examples kept, so f is
     unchanged.
     """
-    from contextlib import nullcontext
 
     from jestkit.checkpoint import load_checkpoint
     from jestkit.data import SuperBatchLoader
-    from jestkit.train import embed
+    from jestkit.models.embed import embed
 
     model, tokenizer, _ = load_checkpoint(checkpoint)
     model.eval()
@@ -276,7 +275,7 @@ def probe_checkpoint(
                 )
                 sb = sb.index(keep[:n])
             learner = embed(
-                model, sb.images, tokenizer(sb.captions), None, device, nullcontext, score_chunk
+                model, sb.images, tokenizer(sb.captions), device=device, chunk=score_chunk
             )
             reference = cache.lookup(sb.uids, device=device)
             batches.append(
@@ -355,7 +354,7 @@ def _run_context(run_dir: Path) -> tuple[Any, Path, Any]:
     """(config, training split folder, reference cache) of a run folder."""
     from jestkit.config import RunConfig
     from jestkit.data import ReferenceCache, load_manifest
-    from jestkit.workspace import (
+    from jestkit.stages import (
         ensure_dataset,
         ensure_reference,
         ensure_reference_cache,
@@ -376,7 +375,9 @@ def _run_context(run_dir: Path) -> tuple[Any, Path, Any]:
     dataset_dir = ensure_dataset(cfg.data, verbose=False)
     cache_dir = cfg.selection.reference_cache
     if not cache_dir:  # the automatic reference of the embedded data: the run's own
-        ref_dir = ensure_reference(cfg, dataset_dir, verbose=False)
+        from jestkit.train import train
+
+        ref_dir = ensure_reference(cfg, dataset_dir, fit=train, verbose=False)
         cache_dir = str(ensure_reference_cache(cfg, ref_dir, dataset_dir, verbose=False))
     check(
         cache_dir != "online" and Path(cache_dir).is_dir(),
@@ -397,12 +398,11 @@ def scorer_agreement(
     later one. Both select from the same super-batches with the same noise; ``overlap_redraw``
     (the live learner with other noise) is the floor a perfect scorer would reach.
     """
-    from contextlib import nullcontext
 
     from jestkit.checkpoint import checkpoint_step, list_checkpoints, load_checkpoint
     from jestkit.data import SuperBatchLoader
-    from jestkit.scorers import make_learner_scorer
-    from jestkit.train import embed
+    from jestkit.models.embed import embed
+    from jestkit.sources import learner_source
 
     run_dir = Path(run_dir)
     cfg, pool_dir, cache = _run_context(run_dir)
@@ -421,7 +421,9 @@ def scorer_agreement(
     for st, (model, tokenizer, state) in models.items():
         model.eval()
         if s.scorer == "proxy":
-            proxy = make_learner_scorer(cfg, model, embed, None, state.get("scorer"))
+            proxy = learner_source(
+                cfg, model, lambda sb, tok=tokenizer: tok(sb.captions), None, state.get("scorer")
+            )
             alts = [("proxy", None, proxy)]
         else:
             alts = [(f"snapshot {st - old} steps old", st - old, m[0]) for old, m in models.items()]
@@ -430,19 +432,14 @@ def scorer_agreement(
         batches = [next(loader) for _ in range(max(1, examples // n))]
 
         def emb_of(m: Any, sb: Any, tok: Any = tokenizer) -> Embeddings:
-            return embed(m, sb.images, tok(sb.captions), patch, device, nullcontext, 256)
+            return embed(m, sb.images, tok(sb.captions), patch_size=patch, device=device, chunk=256)
 
         live = [emb_of(model, sb) for sb in batches]
         refs = [cache.lookup(sb.uids, device=device) for sb in batches]
         for label, staleness, alt in alts:
             acc: dict[str, list[float]] = {}
             for i, sb in enumerate(batches):
-                if label == "proxy":
-                    alt_emb = alt.embeddings(
-                        model, sb, lambda x, t=tokenizer: t(x.captions), st, device, nullcontext
-                    )[0]
-                else:
-                    alt_emb = emb_of(alt, sb)
+                alt_emb = alt.embeddings(sb, st)[0] if label == "proxy" else emb_of(alt, sb)
                 g = rng.generator(seed, "agreement", st, i)
                 s_live = selector.select(live[i], refs[i], b, g)[0]
                 g = rng.generator(seed, "agreement", st, i)
@@ -485,14 +482,14 @@ def time_scorers(
     stale: only its cost is measured here). Mean over steps (a snapshot's cost is uneven within
     its window).
     """
-    from contextlib import nullcontext
 
     from jestkit.checkpoint import latest_checkpoint, load_checkpoint
     from jestkit.config import RunConfig
     from jestkit.data import SuperBatchLoader
-    from jestkit.losses import siglip_loss
-    from jestkit.scorers import LiveScorer, ProxyScorer, SnapshotScorer, make_learner_scorer
-    from jestkit.train import CaptionTokens, embed
+    from jestkit.losses import SigLipLoss
+    from jestkit.runstate import CaptionTokens
+    from jestkit.sources import LearnerSource, ProxySource, SnapshotSource, learner_source
+    from jestkit.step import forward_loss, update
 
     run_dir = Path(run_dir)
     cfg, pool_dir, _ = _run_context(run_dir)
@@ -500,30 +497,29 @@ def time_scorers(
     ckpt = latest_checkpoint(run_dir)
     check(ckpt is not None, f"analysis: no checkpoint in {str(run_dir)!r}")
     model, tokenizer, _ = load_checkpoint(ckpt)
-    device = torch.device("cpu")
     patch = cfg.selection.score_patch_size or None
     b, n = cfg.train.batch_size, cfg.super_batch_size
     chunk = cfg.selection.score_batch_size
-    scorers: dict[str, LiveScorer] = {"learner": LiveScorer(embed, patch, chunk)}
-    for k in refresh:
-        scorers[f"snapshot k={k}"] = SnapshotScorer(embed, patch, chunk, int(k))
-    proxy_cfg = RunConfig.from_dict(cfg.to_dict())
-    proxy_cfg.selection.scorer = "proxy"
-    proxy_cfg.selection.score_refresh = 1
-    proxy = make_learner_scorer(proxy_cfg, model, embed, patch)
-    assert isinstance(proxy, ProxyScorer)
-    scorers["proxy"] = proxy
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: the model stays put
-    loader = iter(SuperBatchLoader(pool_dir, batch_size=n, seed=seed, in_memory=True))
-    names = [*scorers, "train step"]
-    spent = {k: 0.0 for k in names}
-    flops = {k: 0 for k in names}
-    gen = np.random.default_rng(seed)
-
     tokens_of = CaptionTokens(pool_dir, tokenizer)  # the loop's fast path: tokenised once
 
     def tokenize(x: Any) -> Tensor:
         return tokens_of(x.uids)
+
+    sources: dict[str, LearnerSource] = {"learner": LearnerSource(model, tokenize, patch, chunk)}
+    for k in refresh:
+        sources[f"snapshot k={k}"] = SnapshotSource(model, tokenize, patch, chunk, refresh=int(k))
+    proxy_cfg = RunConfig.from_dict(cfg.to_dict())
+    proxy_cfg.selection.scorer = "proxy"
+    proxy_cfg.selection.score_refresh = 1
+    proxy = learner_source(proxy_cfg, model, tokenize, patch)
+    assert isinstance(proxy, ProxySource)
+    sources["proxy"] = proxy
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: the model stays put
+    loader = iter(SuperBatchLoader(pool_dir, batch_size=n, seed=seed, in_memory=True))
+    names = [*sources, "train step"]
+    spent = {k: 0.0 for k in names}
+    flops = {k: 0 for k in names}
+    gen = np.random.default_rng(seed)
 
     for step in range(steps):
         sb = next(loader)
@@ -532,16 +528,13 @@ def time_scorers(
         for name in order:
             t0 = time.perf_counter()
             if name == "train step":
-                model.train()
-                img, txt = model.encode_image(chosen.images), model.encode_text(tokenize(chosen))
-                loss = siglip_loss(img, txt, model.logit_scale.exp(), model.logit_bias)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                model.train()  # the trainer's step (one process, full resolution)
+                loss = forward_loss(model, SigLipLoss(), chosen.images, tokenize(chosen))
+                update(model, optimizer, loss, cfg.optim.grad_clip)
             else:
-                scorer = scorers[name]
-                flops[name] += scorer.embeddings(model, sb, tokenize, step, device, nullcontext)[1]
-                flops[name] += scorer.observe(chosen, tokenize, step, device)
+                source = sources[name]
+                flops[name] += source.embeddings(sb, step)[1]
+                flops[name] += source.observe(chosen, step)
             spent[name] += time.perf_counter() - t0
     train_ms = 1000 * spent["train step"] / steps
     return [

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jestkit.errors import JestkitError, check
+from jestkit.selection import SELECTORS, super_batch_size
 
-SELECTION_METHODS = ("uniform", "independent", "jest", "flexi-jest")
+SELECTION_METHODS = tuple(SELECTORS)
 CRITERIA = ("learnability", "hard_learner", "easy_reference")
 SCORERS = ("learner", "proxy")
 
@@ -140,9 +141,53 @@ class RunConfig:
 
     @property
     def super_batch_size(self) -> int:
+        """N, the examples drawn per step: b / (1 - f), or b when nothing is selected."""
         if self.selection.method == "uniform":
             return self.train.batch_size
-        return round(self.train.batch_size / (1.0 - self.selection.filter_ratio))
+        return super_batch_size(self.train.batch_size, self.selection.filter_ratio)
+
+
+# Keys of the config that may change on resume without changing the run (everything else must match).
+RESUMABLE_KEYS = {
+    ("train", "steps"),
+    ("train", "progress"),
+    ("train", "tensorboard"),
+    ("train", "eval_every"),
+    ("train", "checkpoint_every"),
+    ("train", "keep_checkpoints"),
+    ("train", "device"),
+    ("data", "num_workers"),
+    ("selection", "stats"),
+}
+
+
+def config_diff(
+    saved: dict[str, Any], current: dict[str, Any], same: Callable[..., bool] | None = None
+) -> list[tuple[str, Any, Any, bool]]:
+    """``(section.key, saved value, current value, saved lacks the key)`` for every key that
+    changed since `saved` (a checkpoint's or a run folder's config), keys that may change on
+    resume aside. A key `saved` predates counts as its default (a checkpoint from an older jestkit
+    resumes if the new option is left alone); `same(key, old, new)` may declare values equal."""
+    defaults = RunConfig().to_dict()
+    diffs = []
+    for section, values in current.items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            if (section, key) in RESUMABLE_KEYS:
+                continue
+            missing = key not in saved.get(section, {})
+            old = saved.get(section, {}).get(key, defaults.get(section, {}).get(key))
+            if old != value and not (same and same((section, key), old, value)):
+                diffs.append((f"{section}.{key}", old, value, missing))
+    return diffs
+
+
+def config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Why a checkpoint written with `saved` cannot resume as `current` (empty: it can)."""
+    return [
+        f"{k}: checkpoint {old!r}, now {new!r}" for k, old, new, _ in config_diff(saved, current)
+    ]
 
 
 def _dataclass_from_dict(kind: type, values: dict[str, Any]) -> Any:

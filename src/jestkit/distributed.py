@@ -2,15 +2,16 @@
 
 The training loop uses only what is here plus :class:`jestkit.losses.SigLipLoss` and
 :class:`jestkit.distributed_selection.DistributedSelector`: join the group (NCCL on GPU, gloo on
-CPU), check every rank runs the same config, let rank 0 prepare shared files first, average
-gradients, and reduce logged values. With one process every helper returns at once.
+CPU), check every rank runs the same config, let rank 0 run the stages first, wrap the learner
+in DistributedDataParallel, and reduce logged values. With one process every helper returns at
+once.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -20,9 +21,6 @@ import torch.distributed as dist
 from jestkit.errors import JestkitError, check
 
 T = TypeVar("T")
-
-# Gradients are averaged in flat buckets of about this many bytes (one collective per bucket).
-BUCKET_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -151,41 +149,18 @@ def check_same_config(world: World, config: dict) -> None:
         raise JestkitError("the ranks were started with different configs: " + "; ".join(diffs))
 
 
-def broadcast_parameters(world: World, module: torch.nn.Module) -> None:
-    """Start every rank from rank 0's weights (they already agree when seeded alike: insurance)."""
-    if world.distributed:
-        for t in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(t.data, src=0)
-
-
-def average_gradients(world: World, params: Iterable[torch.nn.Parameter]) -> None:
-    """All-reduce the mean gradient in flat buckets (a missing gradient counts as zero)."""
+def wrap_model(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
+    """The module the training step calls: the model itself on one process, else wrapped in
+    DistributedDataParallel (it starts every rank from rank 0's weights, buckets the gradients
+    and overlaps their all-reduce with the backward pass). The model's forward does the
+    multi-resolution encoding, so DDP sees one forward per step."""
     if not world.distributed:
-        return
-    params = [p for p in params if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    bucket: list[torch.Tensor] = []
-    size = 0
-    for p in params:
-        bucket.append(p.grad)
-        size += p.grad.numel() * p.grad.element_size()
-        if size >= BUCKET_BYTES:
-            _reduce_bucket(bucket, world.world_size)
-            bucket, size = [], 0
-    if bucket:
-        _reduce_bucket(bucket, world.world_size)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
 
-
-def _reduce_bucket(grads: list[torch.Tensor], world_size: int) -> None:
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world_size
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
 
 
 def all_sum(world: World, values: list[float], device: torch.device) -> list[float]:

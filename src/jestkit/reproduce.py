@@ -34,7 +34,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from jestkit.config import RunConfig, apply_overrides, get_preset, validate
+from jestkit.config import RunConfig, apply_overrides, config_diff, get_preset, validate
 from jestkit.errors import JestkitError, check
 from jestkit.metrics import final_record
 
@@ -430,20 +430,10 @@ def _train_one(spec: dict[str, Any], size: dict[str, Any], suite: str, threads: 
 
 def _publish_reference(spec: RunSpec, suite: Path, pool_dir: Path) -> None:
     """Export a finished reference run's model and cache it over the pool (both skipped if done)."""
-    from jestkit.checkpoint import latest_checkpoint
-    from jestkit.data import ReferenceCache
-    from jestkit.models import load_pretrained, save_pretrained
+    from jestkit.stages import cache_reference, export_reference
 
-    model_dir = suite / "references" / spec.name
-    if not (model_dir / "config.json").is_file():
-        ckpt = latest_checkpoint(suite / spec.dir)
-        check(ckpt is not None, f"reference run {spec.name}: no checkpoint in {suite / spec.dir}")
-        model, tokenizer = load_pretrained(ckpt)
-        save_pretrained(model_dir, model, tokenizer)
-    cache_dir = suite / "caches" / spec.name
-    if not (cache_dir / "meta.json").is_file():
-        model, tokenizer = load_pretrained(model_dir)
-        ReferenceCache.build(model, tokenizer, [pool_dir], cache_dir)
+    model_dir = export_reference(suite / spec.dir, suite / "references" / spec.name)
+    cache_reference(model_dir, pool_dir, suite / "caches" / spec.name, verbose=False)
 
 
 def reproduce(
@@ -465,7 +455,7 @@ def reproduce(
 
     from jestkit.data import load_manifest
     from jestkit.report import build_report
-    from jestkit.workspace import ensure_dataset, split_dir
+    from jestkit.stages import ensure_dataset, split_dir
 
     check(mode in SIZES, f"mode must be one of {sorted(SIZES)}, got {mode!r}")
     check(seeds is None or seeds >= 1, f"--seeds must be >= 1, got {seeds}")
@@ -555,12 +545,6 @@ def _json(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
-def _flat(d: dict[str, Any]) -> dict[tuple[str, str], Any]:
-    return {
-        (sec, k): v for sec, vals in d.items() if isinstance(vals, dict) for k, v in vals.items()
-    }
-
-
 def same_run(saved: dict[str, Any], cfg: RunConfig) -> list[str]:
     """How a saved config.json differs from `cfg` (empty: the same run).
 
@@ -568,23 +552,20 @@ def same_run(saved: dict[str, Any], cfg: RunConfig) -> list[str]:
     that may change on resume are ignored; a key the saved config lacks (added to jestkit since)
     matches when `cfg` holds its default.
     """
-    from jestkit.train import RESUMABLE_KEYS
 
-    now, old = _flat(_json(cfg.to_dict())), _flat(saved)
-    default = _flat(_json(RunConfig().to_dict()))
+    folders = (("selection", "reference"), ("selection", "reference_cache"))
+
+    def shown(key: tuple[str, str], value: Any) -> Any:
+        return Path(str(value)).name if key in folders else value
+
+    def same_folder(key: tuple[str, str], old: Any, new: Any) -> bool:
+        return shown(key, old) == shown(key, new)
+
     diffs = []
-    for key, value in now.items():
-        if key in RESUMABLE_KEYS:
-            continue
-        if key not in old:
-            if value != default.get(key):
-                diffs.append(f"{'.'.join(key)}: missing, now {value!r}")
-            continue
-        was = old[key]
-        if key in (("selection", "reference"), ("selection", "reference_cache")):
-            was, value = Path(str(was)).name, Path(str(value)).name
-        if was != value:
-            diffs.append(f"{'.'.join(key)}: {was!r}, now {value!r}")
+    for key, old, new, missing in config_diff(saved, _json(cfg.to_dict()), same=same_folder):
+        k = tuple(key.split("."))
+        was = "missing" if missing else repr(shown(k, old))
+        diffs.append(f"{key}: {was}, now {shown(k, new)!r}")
     if saved.get("name") != cfg.name:
         diffs.append(f"name: {saved.get('name')!r}, now {cfg.name!r}")
     return diffs

@@ -23,7 +23,7 @@ import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -58,7 +58,7 @@ __all__ = [
     "uniform_sample",
 ]
 
-METHODS = ("softmax", "topk")
+INDEPENDENT_METHODS = ("softmax", "topk")
 
 # Streaming joint selection stops computing the sums of selected examples once they are this
 # fraction of the columns still computed: a gather of the operands against that much saved work.
@@ -348,8 +348,10 @@ def independent_sample(
     s = _check_scores(scores, "scores", 1)
     k, _ = _check_k(k, s.shape[0])
     t = _check_temperature(temperature)
-    if method not in METHODS:
-        raise JestkitError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method not in INDEPENDENT_METHODS:
+        raise JestkitError(
+            f"method must be one of {', '.join(INDEPENDENT_METHODS)}, got {method!r}"
+        )
     if method == "topk":
         return torch.topk(s, k, sorted=True).indices
     _check_generator(generator, s.device)
@@ -553,8 +555,10 @@ class IndependentSelector:
     def __post_init__(self) -> None:
         self.criterion = normalize_criterion(self.criterion)
         self.temperature = _check_temperature(self.temperature)
-        if self.method not in METHODS:
-            raise JestkitError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method not in INDEPENDENT_METHODS:
+            raise JestkitError(
+                f"method must be one of {', '.join(INDEPENDENT_METHODS)}, got {self.method!r}"
+            )
         if self.score_mode not in SCORE_MODES:
             raise JestkitError(
                 f"score_mode must be one of {', '.join(SCORE_MODES)}, got {self.score_mode!r}"
@@ -602,15 +606,36 @@ class JestSelector:
         return idx, {"pool_size": float(pool), "batch_size": float(idx.numel())}
 
 
+# Every selection method, by the name configs and the CLI use: a new selector is added here.
+# "flexi-jest" selects as "jest" does; what else it means (low-resolution scoring and
+# multi-resolution training) is the training plan's business (jestkit.step.plan).
 SELECTORS: dict[str, type] = {
     "uniform": UniformSelector,
     "independent": IndependentSelector,
     "jest": JestSelector,
+    "flexi-jest": JestSelector,
 }
 
+# Selection-config fields whose name differs from the selector's option of the same meaning.
+_CONFIG_NAMES = {"method": "independent_method"}
 
-def make_selector(name: str, **options) -> Selector:
-    """A selector by name (``uniform`` | ``independent`` | ``jest``) with validated options."""
+
+def make_selector(name_or_config: Any, **options: Any) -> Selector:
+    """A selector by name (``uniform`` | ``independent`` | ``jest`` | ``flexi-jest``) with
+    validated options, or from a selection config (any object with a ``method`` attribute and
+    the selector's options as attributes, e.g. :class:`jestkit.config.SelectionConfig`)."""
+    if not isinstance(name_or_config, str):
+        cfg, name = name_or_config, getattr(name_or_config, "method", None)
+        if name not in SELECTORS:
+            raise JestkitError(
+                f"selection.method must be one of {', '.join(SELECTORS)}, got {name!r}"
+            )
+        for f in fields(SELECTORS[name]):
+            key = _CONFIG_NAMES.get(f.name, f.name)
+            if hasattr(cfg, key) and f.name not in options:
+                options[f.name] = getattr(cfg, key)
+        return make_selector(name, **options)
+    name = name_or_config
     if name not in SELECTORS:
         raise JestkitError(f"selector must be one of {', '.join(SELECTORS)}, got {name!r}")
     cls = SELECTORS[name]

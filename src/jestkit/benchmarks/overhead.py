@@ -15,7 +15,7 @@ of them alike):
 - flexi-jest: the same, but embed at the lowest-resolution patch size and train half the batch
               there (FlexiViT models only).
 
-The building blocks are the loop's: ``jestkit.train.embed``, ``jestkit.selection.make_selector``,
+The building blocks are the loop's: ``jestkit.models.embed.embed``, ``jestkit.step.forward_loss`` / ``update``, ``jestkit.selection.make_selector``,
 ``jestkit.losses.siglip_loss``, ``ReferenceCache.lookup``, AdamW with gradient clipping. The FLOP
 model's ratio comes from ``jestkit.flops.step_flops`` (uniform ``3F·b``; jest with a cached
 reference ``3F·b + F·N``; flexi-jest with low-resolution ``F``). The measured ratio is the median
@@ -30,7 +30,6 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +39,12 @@ from jestkit import rng
 from jestkit.data import ReferenceCache, int_to_uid
 from jestkit.errors import JestkitError
 from jestkit.flops import step_flops
-from jestkit.losses import siglip_loss
+from jestkit.losses import SigLipLoss
 from jestkit.models import DualEncoder, create_model, list_models
+from jestkit.models.embed import embed
 from jestkit.scoring import Embeddings
 from jestkit.selection import make_selector, super_batch_size
-from jestkit.train import embed
+from jestkit.step import forward_loss, update
 
 DEFAULT_MODELS = ("mlp-tiny-56", "vit-tiny-56")
 PHASES = ("draw", "score", "lookup", "select", "train")
@@ -82,14 +82,7 @@ def build_cache(reference: DualEncoder, pool: Pool, device: torch.device) -> Ref
     """A ReferenceCache over the pool, in memory (the real one is the same arrays, memory-mapped)."""
     chunks = []
     for i in range(0, len(pool.uids), 1024):
-        e = embed(
-            reference,
-            pool.images[i : i + 1024],
-            pool.tokens[i : i + 1024],
-            None,
-            device,
-            nullcontext,
-        )
+        e = embed(reference, pool.images[i : i + 1024], pool.tokens[i : i + 1024], device=device)
         chunks.append(e)
     image = torch.cat([e.image for e in chunks]).cpu().numpy().astype(np.float16)
     text = torch.cat([e.text for e in chunks]).cpu().numpy().astype(np.float16)
@@ -117,6 +110,7 @@ class Stepper:
         self.pool = Pool(self.model, max(4 * self.n, 4096), args.seed)
         self.cache = build_cache(reference, self.pool, device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95))
+        self.loss_fn = SigLipLoss()
         self.jest = make_selector("jest", criterion="learnability", n_chunks=args.n_chunks)
         self.uniform = make_selector("uniform")
         self.seed = args.seed
@@ -177,34 +171,15 @@ class Stepper:
 
     def score(self, images: torch.Tensor, tokens: torch.Tensor, patch: int | None) -> Embeddings:
         """The loop's no-grad scoring pass (one call), or ``--score-chunk`` examples per call."""
-        k = self.score_chunk or len(images)
-        parts = [
-            embed(self.model, images[i : i + k], tokens[i : i + k], patch, self.device, nullcontext)
-            for i in range(0, len(images), k)
-        ]
-        if len(parts) == 1:
-            return parts[0]
-        return Embeddings(
-            torch.cat([e.image for e in parts]),
-            torch.cat([e.text for e in parts]),
-            parts[0].scale,
-            parts[0].bias,
-        )
+        return embed(
+            self.model, images, tokens, patch_size=patch, device=self.device,
+            chunk=self.score_chunk, validate=False,
+        )  # fmt: skip
 
     def train(self, images: torch.Tensor, tokens: torch.Tensor, n_low: int) -> None:
-        """One optimizer step, the first ``n_low`` images at the low resolution (as the loop)."""
-        m = self.model
-        parts = []
-        if n_low:
-            parts.append(m.encode_image(images[:n_low], patch_size=self.low))
-        if n_low < len(images):
-            parts.append(m.encode_image(images[n_low:]))
-        img = parts[0] if len(parts) == 1 else torch.cat(parts)
-        loss = siglip_loss(img, m.encode_text(tokens), m.logit_scale.exp(), m.logit_bias)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
-        self.opt.step()
+        """The trainer's own step (jestkit.step): forward and loss, then the update."""
+        loss = forward_loss(self.model, self.loss_fn, images, tokens, n_low, self.low)
+        update(self.model, self.opt, loss, grad_clip=1.0)
 
 
 def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> list[dict]:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from jestkit import rng
 from jestkit.errors import JestkitError
+from jestkit.models.towers import build_image_tower, build_text_tower
 
 if TYPE_CHECKING:
     from jestkit.scoring import Embeddings
@@ -220,8 +221,6 @@ class DualEncoder(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        from jestkit.models.registry import build_image_tower, build_text_tower
-
         config.validate()
         self.config = config
         # Built on the meta device, then materialised where the caller builds (the default device,
@@ -362,9 +361,23 @@ class DualEncoder(nn.Module):
         patch_size: int | None = None,
         *,
         validate: bool = True,
+        n_low: int = 0,
+        low_patch_size: int | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(image_emb, text_emb, scale, bias)`` like open_clip's SigLIP; ``scale = exp(logit_scale)``."""
-        img = self.encode_image(images, patch_size, validate=validate)
+        """``(image_emb, text_emb, scale, bias)`` like open_clip's SigLIP; ``scale = exp(logit_scale)``.
+
+        Multi-resolution training (Flexi-JEST): the first ``n_low`` images are encoded at
+        ``low_patch_size``, the rest at ``patch_size``; row i is still image i. It lives in the
+        forward so that a DistributedDataParallel wrapper sees one forward per step.
+        """
+        if n_low:
+            m = images.shape[0]
+            parts = [self.encode_image(images[:n_low], low_patch_size, validate=validate)]
+            if n_low < m:
+                parts.append(self.encode_image(images[n_low:], patch_size, validate=validate))
+            img = torch.cat(parts) if len(parts) > 1 else parts[0]
+        else:
+            img = self.encode_image(images, patch_size, validate=validate)
         txt = self.encode_text(tokens, validate=validate)
         return img, txt, self.logit_scale.exp(), self.logit_bias
 

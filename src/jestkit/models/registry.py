@@ -16,13 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
 from jestkit.errors import JestkitError
 from jestkit.models.dual_encoder import DualEncoder, ModelConfig
-from jestkit.models.mlp import ImageCnn, ImageMlp
-from jestkit.models.text import TextMlp, TextTransformer
-from jestkit.models.vit import FlexiViT
 
 _TINY_TEXT_MLP = dict(
     text_kind="mlp", vocab_size=512, context_length=32, text_width=64, text_depth=1
@@ -112,37 +107,3 @@ def create_model(name: str, /, **overrides: Any) -> DualEncoder:
     To build straight onto a device (or the meta device), use ``with torch.device(...):``.
     """
     return DualEncoder(get_model_config(name, **overrides))
-
-
-def build_image_tower(cfg: ModelConfig) -> nn.Module:
-    if cfg.image_kind == "vit":
-        return FlexiViT(
-            cfg.image_size, cfg.in_channels, cfg.patch_sizes, cfg.image_width, cfg.image_depth,
-            cfg.image_heads, cfg.image_hidden, cfg.embed_dim, cfg.pooling,
-        )  # fmt: skip
-    if cfg.image_kind == "mlp":
-        return ImageMlp(
-            cfg.image_size,
-            cfg.in_channels,
-            cfg.image_width,
-            cfg.image_depth,
-            cfg.image_hidden,
-            cfg.embed_dim,
-        )
-    return ImageCnn(cfg.in_channels, cfg.image_width, cfg.image_depth, cfg.embed_dim)
-
-
-def build_text_tower(cfg: ModelConfig) -> nn.Module:
-    if cfg.text_kind == "transformer":
-        return TextTransformer(
-            cfg.vocab_size, cfg.context_length, cfg.text_width, cfg.text_depth, cfg.text_heads,
-            cfg.text_hidden, cfg.embed_dim, cfg.text_pooling,
-        )  # fmt: skip
-    return TextMlp(
-        cfg.vocab_size,
-        cfg.context_length,
-        cfg.text_width,
-        cfg.text_depth,
-        cfg.text_hidden,
-        cfg.embed_dim,
-    )

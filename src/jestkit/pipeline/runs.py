@@ -4,11 +4,9 @@ interrupted), the reference's export and cache over POOL, and OUT/suite.json for
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-from jestkit.errors import JestkitError, check
 from jestkit.metrics import final_record
 from jestkit.pipeline.inputs import Input
 from jestkit.pipeline.options import PipelineOptions, Sizes
@@ -59,8 +57,6 @@ def run_config(
         cfg.train.eval_every = sizes.eval_every
         cfg.train.checkpoint_every = sizes.checkpoint_every
         cfg.optim.warmup_steps = sizes.warmup_steps
-        if selector == "flexi-jest":
-            cfg.train.multires_fraction = 0.5  # the paper's Flexi-JEST: half the batch at low res
         if selector != "uniform":
             cfg.selection.reference = str((out / "references" / "reference").resolve())
             cfg.selection.reference_cache = str((out / "caches" / "reference").resolve())
@@ -92,35 +88,24 @@ def train_run(cfg: Any, run_dir: Path, quiet: bool) -> tuple[dict[str, Any], str
 
 def publish_reference(out: Path, pool: Input, device: str, progress: bool) -> str:
     """Stage 3: export the reference run's model and cache it over POOL (each skipped if valid)."""
-    from jestkit.checkpoint import latest_checkpoint
-    from jestkit.data import ReferenceCache
-    from jestkit.evaluate import resolve_device
-    from jestkit.models import load_pretrained, model_fingerprint, save_pretrained
+    from jestkit.distributed import resolve_device
+    from jestkit.stages import cache_reference, export_reference
 
-    status = "skipped"
     model_dir = out / "references" / "reference"
-    if not (model_dir / "config.json").is_file():
-        ckpt = latest_checkpoint(out / "runs" / "reference")
-        check(ckpt is not None, f"reference run {out / 'runs' / 'reference'}: no checkpoint")
-        save_pretrained(model_dir, *load_pretrained(ckpt))
-        status = "done"
-    dev = resolve_device(device)
-    model, tokenizer = load_pretrained(model_dir, device=dev)
+    status = "skipped" if (model_dir / "config.json").is_file() else "done"
+    export_reference(out / "runs" / "reference", model_dir)
     cache_dir = out / "caches" / "reference"
-    fp = model_fingerprint(model)
-    if (cache_dir / "meta.json").is_file():
-        try:
-            ReferenceCache.open(
-                cache_dir, model_fingerprint=fp, data_fingerprint=pool.info.get("fingerprint")
-            )
-            return status
-        except JestkitError as e:
-            print(f"pipeline: rebuilding the reference cache: {e}", file=sys.stderr)
-    ReferenceCache.build(
-        model, tokenizer, [pool.split_dir], cache_dir, device=dev, model_fingerprint=fp,
-        overwrite=True, progress=progress,
+    before = (
+        (cache_dir / "meta.json").stat().st_mtime_ns
+        if (cache_dir / "meta.json").is_file()
+        else None
+    )
+    cache_reference(
+        model_dir, pool.split_dir, cache_dir, device=resolve_device(device), progress=progress,
+        verbose=False,
     )  # fmt: skip
-    return "done"
+    after = (cache_dir / "meta.json").stat().st_mtime_ns
+    return "done" if before != after else status
 
 
 def write_suite(out: Path, cfgs: dict[str, Any], seed: int, family: str) -> None:

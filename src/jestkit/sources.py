@@ -1,31 +1,26 @@
-"""Cheaper learner-side scoring: who produces the "learner" embeddings that selection scores.
+"""Embedding sources: who produces the embeddings that selection scores, and at what cost.
 
-JEST's learner scoring pass (embed all N = b / (1 - f) examples of the super-batch, no grad)
-costs about N / (3 b) of a training step: 1.67x a step at f = 0.8. Besides low-resolution
-FlexiViT scoring (``selection.score_patch_size``, ``flexi-jest``), two cheaper scorers:
+Selection scores a super-batch with two sets of embeddings: the learner's and the reference's.
+Every producer is an :class:`EmbeddingSource` with one method, ``embeddings(batch, step) ->
+(Embeddings, FLOPs)``, charged to the ledger under its ``ledger_key``:
 
-- ``selection.score_refresh=k`` (:class:`SnapshotScorer`): score with a copy of the learner
-  taken every k steps. While the copy is unchanged, an example's learner embeddings are a pure
-  function of its uid, so they are cached by uid and an example drawn again before the next
-  refresh is not re-embedded. What it saves is exactly the share of draws that repeat within a
-  refresh window: with a pool of P examples and super-batches of N, the loader revisits an
-  example every P / N steps, so scoring FLOPs fall by about ``max(0, 1 - P / (N k))``. On the
-  embedded 60k pool at b = 256, f = 0.8 (an epoch every 47 steps) k = 100 saves about half, and
-  k = 200 about three quarters. On a web-scale pool (no repeats) it saves no FLOPs; there a fixed
-  snapshot only lets scoring run ahead of training (e.g. on other devices), which this
-  single-process loop does not do.
-- ``selection.scorer=proxy`` (:class:`ProxyScorer`): a small dual encoder (default: an MLP
-  dual encoder a quarter of ``mlp-tiny``'s width) trained online, one AdamW step per training
-  step on the very batch the learner trains on, stands in for the learner in the criterion
-  (Evans et al. 2023, "Bad students make great teachers"). Scoring costs the proxy's forward
-  over N plus its training step over b, whatever the learner's size: the saving is large when
-  the learner is much larger than the proxy (a ViT learner), small for the tiny MLP learner.
+- learner side (``learner_score``): :class:`LearnerSource`, the live learner at the scoring patch
+  size (the default; ``selection.score_patch_size`` / ``flexi-jest`` score at low resolution);
+  :class:`SnapshotSource` (``selection.score_refresh=k``), a learner copy refreshed every k steps
+  whose embeddings are cached by uid meanwhile, so an example drawn again before the next refresh
+  is not re-embedded (it saves the share of draws that repeat within a window, about
+  ``max(0, 1 - P / (N k))`` for a pool of P and super-batches of N; nothing on a pool that never
+  repeats); :class:`ProxySource` (``selection.scorer=proxy``), a small dual encoder trained online,
+  one AdamW step per training step on the learner's selected batch, standing in for the learner
+  (Evans et al. 2023, "Bad students make great teachers"): it costs its forward over N plus its
+  training over b whatever the learner's size.
+- reference side (``reference``): :class:`CachedReference` (a lookup in the reference cache, no
+  FLOPs: the cache build was charged once) and :class:`OnlineReference` (the reference model runs
+  every step, ``selection.reference_cache=online``).
 
-All FLOPs a scorer spends (proxy training included) are charged to ``learner_score``. A scorer's
-state (snapshot weights and cache, or proxy weights and optimizer) travels in the checkpoint, so
-a resumed run continues with the same snapshot and cache and selects what an uninterrupted run
-selects. The train loop uses a scorer in step 1 only: ``embeddings`` before selection and
-``observe`` after it.
+A source's state (snapshot weights and cache, proxy weights and optimizer) travels in the
+checkpoint, so a resumed run selects what an uninterrupted run selects. ``observe(chosen, step)``
+is called with the selected batch (the proxy trains on it) and returns the FLOPs it spent.
 """
 
 from __future__ import annotations
@@ -33,22 +28,33 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from jestkit.data import SuperBatch, uid_to_int
+from jestkit import rng
+from jestkit.data import ReferenceCache, SuperBatch, uid_to_int
 from jestkit.errors import JestkitError, check
 from jestkit.flops import forward_flops
 from jestkit.losses import siglip_loss
-from jestkit.models import DualEncoder, create_model
+from jestkit.models import DualEncoder, Tokenizer, create_model
+from jestkit.models.embed import Autocast, embed
 from jestkit.scoring import Embeddings
 
-# embed(model, images, tokens, patch_size, device, autocast, chunk) -> Embeddings (train.embed)
-EmbedFn = Callable[..., Embeddings]
 Tokenize = Callable[[SuperBatch], Tensor]
+
+
+class EmbeddingSource(Protocol):
+    ledger_key: str  # the FlopLedger kind its FLOPs are charged to
+
+    def embeddings(self, batch: SuperBatch, step: int) -> tuple[Embeddings, int]: ...
+
+    def observe(self, chosen: SuperBatch, step: int) -> int: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -61,40 +67,52 @@ def _fwd(model: torch.nn.Module, patch_size: int | None) -> int:
     return int(f["image"] + f["text"])
 
 
-class LiveScorer:
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(_unwrap(model).parameters()).device
+
+
+class LearnerSource:
     """The default: the current learner embeds the whole super-batch every step."""
 
     name = "learner"
+    ledger_key = "learner_score"
 
-    def __init__(self, embed: EmbedFn, patch_size: int | None, chunk: int) -> None:
-        self.embed, self.patch_size, self.chunk = embed, patch_size, chunk
-
-    def embeddings(
+    def __init__(
         self,
         model: DualEncoder,
-        batch: SuperBatch,
         tokenize: Tokenize,
-        step: int,
-        device: torch.device,
-        autocast: Callable[[], Any],
-    ) -> tuple[Embeddings, int]:
-        """(learner embeddings of the super-batch, FLOPs spent) for 0-based ``step``."""
-        emb = self.embed(
-            model, batch.images, tokenize(batch), self.patch_size, device, autocast, self.chunk
-        )
-        return emb, len(batch) * _fwd(model, self.patch_size)
+        patch_size: int | None = None,
+        chunk: int = 0,
+        autocast: Autocast = nullcontext,
+    ) -> None:
+        self.model, self.tokenize = _unwrap(model), tokenize
+        self.patch_size, self.chunk, self.autocast = patch_size, chunk, autocast
 
-    def observe(
-        self, chosen: SuperBatch, tokenize: Tokenize, step: int, device: torch.device
-    ) -> int:
+    def _embed(self, model: torch.nn.Module, batch: SuperBatch) -> Embeddings:
+        return embed(
+            model,
+            batch.images,
+            self.tokenize(batch),
+            patch_size=self.patch_size,
+            device=_model_device(model),
+            chunk=self.chunk,
+            autocast=self.autocast,
+            validate=False,  # the run checked its data against the model once, at the start
+        )
+
+    def embeddings(self, batch: SuperBatch, step: int) -> tuple[Embeddings, int]:
+        """(learner embeddings of the super-batch, FLOPs spent) for 0-based ``step``."""
+        return self._embed(self.model, batch), len(batch) * _fwd(self.model, self.patch_size)
+
+    def observe(self, chosen: SuperBatch, step: int) -> int:
         """Called with the selected batch after selection; returns the FLOPs spent (none here)."""
         return 0
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint keeps of this scorer (restored by :meth:`load_state`)."""
+        """What a checkpoint keeps of this source (restored by :meth:`load_state`)."""
         return {"name": self.name}
 
-    def load_state(self, state: dict[str, Any] | None, model: torch.nn.Module) -> None:
+    def load_state(self, state: dict[str, Any] | None) -> None:
         """Continue from a checkpoint's :meth:`state_dict` (None: a fresh run)."""
         _check_state(self.name, state)
 
@@ -107,13 +125,21 @@ def _check_state(name: str, state: dict[str, Any] | None) -> None:
         )
 
 
-class SnapshotScorer(LiveScorer):
+class SnapshotSource(LearnerSource):
     """A learner copy refreshed every ``refresh`` steps; its embeddings cached by uid meanwhile."""
 
     name = "snapshot"
 
-    def __init__(self, embed: EmbedFn, patch_size: int | None, chunk: int, refresh: int) -> None:
-        super().__init__(embed, patch_size, chunk)
+    def __init__(
+        self,
+        model: DualEncoder,
+        tokenize: Tokenize,
+        patch_size: int | None = None,
+        chunk: int = 0,
+        autocast: Autocast = nullcontext,
+        refresh: int = 1,
+    ) -> None:
+        super().__init__(model, tokenize, patch_size, chunk, autocast)
         check(
             isinstance(refresh, int) and refresh >= 1,
             f"selection.score_refresh must be an int >= 1, got {refresh!r}",
@@ -132,8 +158,8 @@ class SnapshotScorer(LiveScorer):
         self.scale: Tensor | None = None
         self.bias: Tensor | None = None
 
-    def _take_snapshot(self, model: torch.nn.Module, step: int) -> None:
-        self.snapshot = copy.deepcopy(_unwrap(model)).eval()
+    def _take_snapshot(self, step: int) -> None:
+        self.snapshot = copy.deepcopy(self.model).eval()
         for p in self.snapshot.parameters():
             p.requires_grad_(False)
         self.refreshed_at = step
@@ -155,9 +181,9 @@ class SnapshotScorer(LiveScorer):
             self.keys[u] = self.size + j
         self.size = need
 
-    def embeddings(self, model, batch, tokenize, step, device, autocast):
+    def embeddings(self, batch: SuperBatch, step: int) -> tuple[Embeddings, int]:
         if self.snapshot is None or step - self.refreshed_at >= self.refresh:
-            self._take_snapshot(model, step)
+            self._take_snapshot(step)
         ids = uid_to_int(batch.uids)
         rows = np.array([self.keys.get(u, -1) for u in ids.tolist()], dtype=np.int64)
         miss = np.flatnonzero(rows < 0)
@@ -166,16 +192,7 @@ class SnapshotScorer(LiveScorer):
         miss = miss[first]
         flops = 0
         if len(miss):
-            sub = batch.index(miss)
-            emb = self.embed(
-                self.snapshot,
-                sub.images,
-                tokenize(sub),
-                self.patch_size,
-                device,
-                autocast,
-                self.chunk,
-            )
+            emb = self._embed(self.snapshot, batch.index(miss))
             self._append(miss_ids, emb.image, emb.text)
             self.scale, self.bias = emb.scale, emb.bias
             flops = len(miss) * _fwd(self.snapshot, self.patch_size)
@@ -203,8 +220,8 @@ class SnapshotScorer(LiveScorer):
             "bias": None if self.bias is None else self.bias.detach().cpu(),
         }
 
-    def load_state(self, state: dict[str, Any] | None, model: torch.nn.Module) -> None:
-        """Restore the snapshot (built on a copy of ``model``'s architecture) and its cache."""
+    def load_state(self, state: dict[str, Any] | None) -> None:
+        """Restore the snapshot (built on a copy of the learner's architecture) and its cache."""
         _check_state(self.name, state)
         if state is None or state.get("refreshed_at", -1) < 0:
             return
@@ -213,8 +230,8 @@ class SnapshotScorer(LiveScorer):
             f"--resume: the checkpoint refreshed its scoring snapshot every {state['refresh']} "
             f"steps, selection.score_refresh is now {self.refresh}",
         )
-        self._take_snapshot(model, int(state["refreshed_at"]))
-        device = next(_unwrap(model).parameters()).device
+        self._take_snapshot(int(state["refreshed_at"]))
+        device = _model_device(self.model)
         self.snapshot.load_state_dict({k: v.to(device) for k, v in state["snapshot"].items()})
         if len(state["uids"]):
             uids = state["uids"].numpy().view(np.uint64)
@@ -223,40 +240,39 @@ class SnapshotScorer(LiveScorer):
             self.bias = state["bias"].to(device)
 
 
-class ProxyScorer(LiveScorer):
+class ProxySource(LearnerSource):
     """A small dual encoder trained online on the learner's selected batches, scoring for it."""
 
     name = "proxy"
 
     def __init__(
         self,
-        embed: EmbedFn,
-        chunk: int,
         proxy: DualEncoder,
+        tokenize: Tokenize,
+        chunk: int,
         lr: float,
         betas: tuple[float, float],
         weight_decay: float,
         grad_clip: float,
+        autocast: Autocast = nullcontext,
     ) -> None:
-        super().__init__(embed, None, chunk)
-        self.proxy = proxy
+        super().__init__(proxy, tokenize, None, chunk, autocast)
         self.grad_clip = grad_clip
         self.optimizer = torch.optim.AdamW(
             proxy.parameters(), lr=lr, betas=betas, weight_decay=weight_decay
         )
         self.last_loss = math.nan
 
-    def embeddings(self, model, batch, tokenize, step, device, autocast):
-        emb = self.embed(
-            self.proxy, batch.images, tokenize(batch), None, device, autocast, self.chunk
-        )
-        return emb, len(batch) * _fwd(self.proxy, None)
+    @property
+    def proxy(self) -> DualEncoder:
+        return self.model
 
-    def observe(self, chosen, tokenize, step, device):
+    def observe(self, chosen: SuperBatch, step: int) -> int:
         """One AdamW step of the proxy on the batch the learner is about to train on."""
         p = self.proxy.train()
+        device = _model_device(p)
         images = chosen.images.to(device, non_blocking=True)
-        tokens = tokenize(chosen).to(device, non_blocking=True)
+        tokens = self.tokenize(chosen).to(device, non_blocking=True)
         loss = siglip_loss(
             p.encode_image(images), p.encode_text(tokens), p.logit_scale.exp(), p.logit_bias
         )
@@ -276,24 +292,25 @@ class ProxyScorer(LiveScorer):
             "optimizer": self.optimizer.state_dict(),
         }
 
-    def load_state(self, state: dict[str, Any] | None, model: torch.nn.Module) -> None:
+    def load_state(self, state: dict[str, Any] | None) -> None:
         _check_state(self.name, state)
         if state is None:
             return
-        device = next(self.proxy.parameters()).device
+        device = _model_device(self.proxy)
         self.proxy.load_state_dict({k: v.to(device) for k, v in state["model"].items()})
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def make_learner_scorer(
+def learner_source(
     cfg: Any,
     model: DualEncoder,
-    embed: EmbedFn,
+    tokenize: Tokenize,
     patch_size: int | None,
     state: dict[str, Any] | None = None,
     world_size: int = 1,
-) -> LiveScorer:
-    """The scorer ``cfg.selection`` asks for, restored from a checkpoint's ``state`` if given.
+    autocast: Autocast = nullcontext,
+) -> LearnerSource:
+    """The learner-side source ``cfg.selection`` asks for, restored from a checkpoint's ``state``.
 
     ``cfg`` is a :class:`jestkit.config.RunConfig`; ``patch_size`` the learner's scoring patch size.
     """
@@ -306,8 +323,6 @@ def make_learner_scorer(
             f"selection.scorer='proxy' trains its proxy per process; it needs world_size 1, "
             f"got {world_size}",
         )
-        from jestkit import rng
-
         c = base.config
         overrides = {
             "image_size": c.image_size,
@@ -324,20 +339,72 @@ def make_learner_scorer(
                 f"selection.proxy_model={s.proxy_model!r} / selection.proxy_overrides="
                 f"{s.proxy_overrides!r}: {e}"
             ) from None
-        proxy.to(next(base.parameters()).device).train()
+        proxy.to(_model_device(base)).train()
         o = cfg.optim
-        scorer: LiveScorer = ProxyScorer(
-            embed,
-            chunk,
+        source: LearnerSource = ProxySource(
             proxy,
+            tokenize,
+            chunk,
             lr=s.proxy_lr or o.lr,
             betas=(o.beta1, o.beta2),
             weight_decay=o.weight_decay,
             grad_clip=o.grad_clip,
+            autocast=autocast,
         )
     elif s.score_refresh > 1:
-        scorer = SnapshotScorer(embed, patch_size, chunk, s.score_refresh)
+        source = SnapshotSource(model, tokenize, patch_size, chunk, autocast, s.score_refresh)
     else:
-        scorer = LiveScorer(embed, patch_size, chunk)
-    scorer.load_state(state, model)
-    return scorer
+        source = LearnerSource(model, tokenize, patch_size, chunk, autocast)
+    source.load_state(state)
+    return source
+
+
+class CachedReference:
+    """The reference's embeddings looked up in its cache by uid: no forward pass, no FLOPs."""
+
+    ledger_key = "reference"
+
+    def __init__(self, cache: ReferenceCache, device: torch.device) -> None:
+        self.cache, self.device = cache, device
+
+    def embeddings(self, batch: SuperBatch, step: int) -> tuple[Embeddings, int]:
+        return self.cache.lookup(batch.uids, device=self.device), 0
+
+    def observe(self, chosen: SuperBatch, step: int) -> int:
+        return 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": "cached-reference"}
+
+
+class OnlineReference:
+    """The reference model run over every super-batch (``selection.reference_cache=online``)."""
+
+    ledger_key = "reference"
+
+    def __init__(
+        self,
+        model: DualEncoder,
+        tokenizer: Tokenizer,
+        chunk: int = 0,
+        autocast: Autocast = nullcontext,
+    ) -> None:
+        self.model, self.tokenizer, self.chunk, self.autocast = model, tokenizer, chunk, autocast
+
+    def embeddings(self, batch: SuperBatch, step: int) -> tuple[Embeddings, int]:
+        emb = embed(
+            self.model,
+            batch.images,
+            self.tokenizer(batch.captions),
+            device=_model_device(self.model),
+            chunk=self.chunk,
+            autocast=self.autocast,
+            validate=False,
+        )
+        return emb, len(batch) * _fwd(self.model, None)
+
+    def observe(self, chosen: SuperBatch, step: int) -> int:
+        return 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": "online-reference"}

@@ -1,11 +1,18 @@
-"""The cache folder where prepared datasets, reference models and reference caches are kept.
+"""The stages that run before the training loop, never inside it: dataset, reference, export, cache.
 
 `jestkit train --config quick` must work on a fresh machine: the first run prepares the embedded
-dataset, trains the reference on its curated split and caches the reference over the pool; later
-runs (and `jestkit reproduce`) find them here and reuse them. Everything is keyed by a hash of
-what produced it, so changing a knob never reuses a stale artefact.
+dataset, trains the reference on its curated split, exports it and caches its embeddings over
+the pool; later runs (and `jestkit reproduce`) find them in the cache folder and reuse them.
+Everything there is keyed by a hash of what produced it, so changing a knob never reuses a stale
+artefact. The folder is ``$JESTKIT_CACHE`` if set, else ``~/.cache/jestkit``.
 
-The folder is ``$JESTKIT_CACHE`` if set, else ``~/.cache/jestkit``.
+:func:`prepare` runs the stages a config needs and returns the :class:`Inputs` the loop
+receives. Under torchrun the stages run on rank 0 alone, as one process (the reference is
+trained by the single-process loop, so it is the same model whatever the number of ranks), while
+the other ranks wait at one barrier; nothing inside a stage is a collective.
+
+The reference stage trains with the loop it is given (``fit``: :func:`jestkit.train.train`), so
+this module sits below the loop and the loop's module can call :func:`prepare`.
 """
 
 from __future__ import annotations
@@ -15,13 +22,33 @@ import copy
 import hashlib
 import json
 import os
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jestkit.config import DataConfig, RunConfig, get_preset
+from jestkit.distributed import World, main_first
 from jestkit.errors import JestkitError, check
+
+# fit(cfg, out_dir, resume=..., world=..., inputs=...) -> final record (jestkit.train.train)
+Fit = Callable[..., dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the training loop receives: the prepared data and, when it scores, the reference.
+
+    ``reference_dir`` is an exported model folder; ``reference_cache`` a cache folder over the
+    training split (None with ``selection.reference_cache=online``).
+    """
+
+    dataset_dir: Path
+    train_dir: Path
+    reference_dir: Path | None = None
+    reference_cache: Path | None = None
 
 
 def cache_root() -> Path:
@@ -48,6 +75,31 @@ def _exclusive(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stages
+
+
+def prepare(cfg: RunConfig, world: World | None = None, *, fit: Fit) -> Inputs:
+    """Every stage `cfg` needs, in order (each skipped when its artefact exists): rank 0 first."""
+    world = world or World()
+    return main_first(world, lambda: _prepare(cfg, fit, verbose=world.is_main))
+
+
+def _prepare(cfg: RunConfig, fit: Fit, verbose: bool) -> Inputs:
+    from jestkit.data import load_manifest
+    from jestkit.selection import make_selector
+
+    dataset_dir = ensure_dataset(cfg.data, verbose=verbose)
+    train_dir = split_dir(dataset_dir, load_manifest(dataset_dir), cfg.data.train_split)
+    if not make_selector(cfg.selection).needs_reference:
+        return Inputs(dataset_dir, train_dir)
+    ref_dir = ensure_reference(cfg, dataset_dir, fit=fit, verbose=verbose)
+    if cfg.selection.reference_cache == "online":
+        return Inputs(dataset_dir, train_dir, ref_dir)
+    cache = ensure_reference_cache(cfg, ref_dir, dataset_dir, verbose=verbose)
+    return Inputs(dataset_dir, train_dir, ref_dir, cache)
 
 
 def split_dir(dataset_dir: Path, manifest: dict[str, Any], split: str) -> Path:
@@ -117,11 +169,8 @@ def reference_config(cfg: RunConfig) -> RunConfig:
     return ref
 
 
-def ensure_reference(cfg: RunConfig, dataset_dir: Path, verbose: bool = True) -> Path:
+def ensure_reference(cfg: RunConfig, dataset_dir: Path, *, fit: Fit, verbose: bool = True) -> Path:
     """A reference model folder: `selection.reference` as given, else trained once and kept."""
-    from jestkit.models import load_pretrained, save_pretrained
-    from jestkit.train import train
-
     if cfg.selection.reference:
         path = Path(cfg.selection.reference)
         check(
@@ -145,13 +194,34 @@ def ensure_reference(cfg: RunConfig, dataset_dir: Path, verbose: bool = True) ->
             return model_dir
         if verbose:
             print(f"training the reference model on the {ref_cfg.data.train_split} split in {root}")
-        final = train(ref_cfg, root / "run", resume="latest")
-        if final.get("interrupted"):
-            raise JestkitError(f"reference training in {root} was interrupted; run again to resume")
-        from jestkit.checkpoint import latest_checkpoint
+        train_reference(ref_cfg, dataset_dir, root / "run", model_dir, fit=fit)
+    return model_dir
 
-        model, tokenizer = load_pretrained(latest_checkpoint(root / "run"))
-        save_pretrained(model_dir, model, tokenizer)
+
+def train_reference(
+    ref_cfg: RunConfig, dataset_dir: Path, run_dir: Path, model_dir: Path, *, fit: Fit
+) -> Path:
+    """Train (or resume) the reference run in `run_dir` as one process, then export it."""
+    from jestkit.data import load_manifest
+
+    train_dir = split_dir(dataset_dir, load_manifest(dataset_dir), ref_cfg.data.train_split)
+    final = fit(
+        ref_cfg, run_dir, resume="latest", world=World(), inputs=Inputs(dataset_dir, train_dir)
+    )
+    if final.get("interrupted"):
+        raise JestkitError(f"reference training in {run_dir} was interrupted; run again to resume")
+    return export_reference(run_dir, model_dir)
+
+
+def export_reference(run_dir: Path, model_dir: Path) -> Path:
+    """The latest checkpoint of a finished reference run, exported as a model folder (once)."""
+    from jestkit.checkpoint import latest_checkpoint
+    from jestkit.models import load_pretrained, save_pretrained
+
+    if not (model_dir / "config.json").is_file():
+        ckpt = latest_checkpoint(run_dir)
+        check(ckpt is not None, f"reference run {str(run_dir)!r}: no checkpoint to export")
+        save_pretrained(model_dir, *load_pretrained(ckpt))
     return model_dir
 
 
@@ -159,7 +229,7 @@ def ensure_reference_cache(
     cfg: RunConfig, reference_dir: Path, dataset_dir: Path, verbose: bool = True
 ) -> Path:
     """The reference cache over the training split: `selection.reference_cache`, or built once."""
-    from jestkit.data import ReferenceCache, load_manifest
+    from jestkit.data import load_manifest
     from jestkit.models import load_pretrained, model_fingerprint
 
     if cfg.selection.reference_cache:
@@ -170,16 +240,44 @@ def ensure_reference_cache(
             f"folder (build one with `jestkit cache-ref`)",
         )
         return path
-    manifest = load_manifest(dataset_dir)
-    train_split = split_dir(dataset_dir, manifest, cfg.data.train_split)
-    model, tokenizer = load_pretrained(reference_dir)
-    fp = model_fingerprint(model)
+    train_split = split_dir(dataset_dir, load_manifest(dataset_dir), cfg.data.train_split)
+    fp = model_fingerprint(load_pretrained(reference_dir)[0])
     path = cache_root() / "reference-caches" / _key({"model": fp, "split": str(train_split)})
     with _exclusive(path):
-        from jestkit.data.reference_cache import FILES
-
-        if not all((path / name).is_file() for name in FILES):  # absent, or partly deleted
-            if verbose:
-                print(f"caching the reference's embeddings over {train_split} in {path}")
-            ReferenceCache.build(model, tokenizer, [train_split], path, overwrite=True)
+        cache_reference(reference_dir, train_split, path, verbose=verbose)
     return path
+
+
+def cache_reference(
+    reference_dir: Path,
+    split: Path,
+    cache_dir: Path,
+    device: Any = None,
+    progress: bool = False,
+    verbose: bool = True,
+) -> Path:
+    """The reference's embeddings over `split` in `cache_dir`: kept when that cache is complete
+    and was built by this model over this data, (re)built otherwise."""
+    from jestkit.data import ReferenceCache
+    from jestkit.data.shards import read_split_info
+    from jestkit.models import load_pretrained, model_fingerprint
+
+    model, tokenizer = load_pretrained(reference_dir, device=device or "cpu")
+    fp = model_fingerprint(model)
+    if (cache_dir / "meta.json").is_file():
+        try:
+            ReferenceCache.open(
+                cache_dir,
+                model_fingerprint=fp,
+                data_fingerprint=read_split_info(split).get("fingerprint") or None,
+            )
+            return cache_dir
+        except JestkitError as e:
+            print(f"rebuilding the reference cache: {e}", file=sys.stderr)
+    if verbose:
+        print(f"caching the reference's embeddings over {split} in {cache_dir}")
+    ReferenceCache.build(
+        model, tokenizer, [split], cache_dir, device=device, model_fingerprint=fp,
+        overwrite=True, progress=progress,
+    )  # fmt: skip
+    return cache_dir

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import shutil
-from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -17,8 +16,9 @@ from jestkit.errors import JestkitError
 from jestkit.flops import forward_flops
 from jestkit.metrics import read_metrics
 from jestkit.models import create_model
-from jestkit.scorers import LiveScorer, ProxyScorer, SnapshotScorer, make_learner_scorer
-from jestkit.train import embed, train
+from jestkit.models.embed import embed
+from jestkit.sources import LearnerSource, ProxySource, SnapshotSource, learner_source
+from jestkit.train import train
 
 WALL_CLOCK = ("time", "step_time")
 
@@ -55,8 +55,9 @@ def _batch(uids: list[int], seed: int = 0) -> tuple[SuperBatch, torch.Tensor]:
     return batch, table
 
 
-def _tokenize(table):
-    return lambda b: torch.stack([table[u] for u in b.uids])
+def _tokenize(table=None):
+    """Tokens as a function of the uid (what _batch draws), whatever batch they come in."""
+    return lambda b: torch.stack([_batch([int(u, 16)])[1][u] for u in b.uids])
 
 
 def _step(model):
@@ -68,7 +69,7 @@ def _step(model):
 
 def test_snapshot_scorer_matches_a_copy_taken_at_each_refresh():
     model = _model()
-    scorer = SnapshotScorer(embed, None, 0, refresh=3)
+    scorer = SnapshotSource(model, _tokenize(), refresh=3)
     fwd = forward_flops(model)
     per_example = fwd["image"] + fwd["text"]
     pools = [[1, 2, 3, 4], [3, 4, 5, 6], [1, 6, 7, 7], [1, 2, 3, 4], [2, 9, 1, 3]]
@@ -78,12 +79,8 @@ def test_snapshot_scorer_matches_a_copy_taken_at_each_refresh():
         if step % 3 == 0:  # what the scorer should be using: the model as it is now
             snapshot, seen = copy.deepcopy(model), set()
         batch, table = _batch(uids)
-        emb, flops = scorer.embeddings(
-            model, batch, _tokenize(table), step, torch.device("cpu"), nullcontext
-        )
-        want = embed(
-            snapshot, batch.images, _tokenize(table)(batch), None, torch.device("cpu"), nullcontext
-        )
+        emb, flops = scorer.embeddings(batch, step)
+        want = embed(snapshot, batch.images, _tokenize(table)(batch))
         assert torch.allclose(emb.image, want.image, atol=1e-6)
         assert torch.allclose(emb.text, want.text, atol=1e-6)
         assert float(emb.bias.detach()) == float(want.bias.detach())
@@ -97,43 +94,42 @@ def test_snapshot_scorer_matches_a_copy_taken_at_each_refresh():
 
 def test_snapshot_state_round_trip_continues_identically():
     model = _model(1)
-    a = SnapshotScorer(embed, None, 0, refresh=4)
-    dev = torch.device("cpu")
+    a = SnapshotSource(model, _tokenize(), refresh=4)
     for step, uids in enumerate([[1, 2, 3], [3, 4, 5]]):
         batch, table = _batch(uids)
-        a.embeddings(model, batch, _tokenize(table), step, dev, nullcontext)
+        a.embeddings(batch, step)
         _step(model)
-    b = SnapshotScorer(embed, None, 0, refresh=4)
-    b.load_state(copy.deepcopy(a.state_dict()), model)
+    b = SnapshotSource(model, _tokenize(), refresh=4)
+    b.load_state(copy.deepcopy(a.state_dict()))
     for step, uids in enumerate([[5, 6, 1], [8, 2, 2], [7, 3]], start=2):
-        batch, table = _batch(uids)
-        ea, fa = a.embeddings(model, batch, _tokenize(table), step, dev, nullcontext)
-        eb, fb = b.embeddings(model, batch, _tokenize(table), step, dev, nullcontext)
+        batch, _ = _batch(uids)
+        ea, fa = a.embeddings(batch, step)
+        eb, fb = b.embeddings(batch, step)
         assert torch.equal(ea.image, eb.image) and torch.equal(ea.text, eb.text) and fa == fb
         _step(model)
     with pytest.raises(JestkitError, match="score_refresh is now 5"):
-        SnapshotScorer(embed, None, 0, refresh=5).load_state(a.state_dict(), model)
+        SnapshotSource(model, _tokenize(), refresh=5).load_state(a.state_dict())
     with pytest.raises(JestkitError, match=r"scored by selection\.scorer 'snapshot'"):
-        LiveScorer(embed, None, 0).load_state(a.state_dict(), model)
+        LearnerSource(model, _tokenize()).load_state(a.state_dict())
 
 
 def test_proxy_scorer_trains_on_the_selected_batch():
     learner = _model(2)
     cfg = debug("selection.scorer=proxy")
-    scorer = make_learner_scorer(cfg, learner, embed, None)
-    assert isinstance(scorer, ProxyScorer)
+    scorer = learner_source(cfg, learner, _tokenize(), None)
+    assert isinstance(scorer, ProxySource)
     proxy = scorer.proxy
     assert proxy.config.image_size == 8 and proxy.config.embed_dim == 32
     batch, table = _batch(list(range(10)))
     dev = torch.device("cpu")
-    emb, flops = scorer.embeddings(learner, batch, _tokenize(table), 0, dev, nullcontext)
-    want = embed(proxy, batch.images, _tokenize(table)(batch), None, dev, nullcontext)
+    emb, flops = scorer.embeddings(batch, 0)
+    want = embed(proxy, batch.images, _tokenize(table)(batch), device=dev)
     assert torch.equal(emb.image, want.image)  # the proxy scores, not the learner
     f = forward_flops(proxy)
     assert flops == 10 * (f["image"] + f["text"])
     before = {k: v.clone() for k, v in proxy.state_dict().items()}
     chosen = batch.index(torch.tensor([1, 4, 7]))
-    assert scorer.observe(chosen, _tokenize(table), 0, dev) == 3 * 3 * (f["image"] + f["text"])
+    assert scorer.observe(chosen, 0) == 3 * 3 * (f["image"] + f["text"])
     assert any(not torch.equal(before[k], v) for k, v in proxy.state_dict().items())
     assert np.isfinite(scorer.last_loss)
 
@@ -211,6 +207,6 @@ def test_bad_scorer_combinations():
         debug("selection.scorer=proxy", "selection.proxy_model=nope")
     cfg = debug("selection.scorer=proxy", 'selection.proxy_overrides={"image_width": -1}')
     with pytest.raises(JestkitError, match=r"selection\.proxy_overrides=.*image_width"):
-        make_learner_scorer(cfg, _model(), embed, None)
+        learner_source(cfg, _model(), _tokenize(), None)
     with pytest.raises(JestkitError, match="needs world_size 1, got 2"):
-        make_learner_scorer(debug("selection.scorer=proxy"), _model(), embed, None, world_size=2)
+        learner_source(debug("selection.scorer=proxy"), _model(), _tokenize(), None, world_size=2)
