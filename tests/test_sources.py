@@ -96,7 +96,7 @@ def test_snapshot_state_round_trip_continues_identically():
     model = _model(1)
     a = SnapshotSource(model, _tokenize(), refresh=4)
     for step, uids in enumerate([[1, 2, 3], [3, 4, 5]]):
-        batch, table = _batch(uids)
+        batch, _ = _batch(uids)
         a.embeddings(batch, step)
         _step(model)
     b = SnapshotSource(model, _tokenize(), refresh=4)
