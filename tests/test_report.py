@@ -27,7 +27,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def curve(spec: dict, step: int, offset: float) -> float:
     """A saturating learning curve (with an optional mid-run bump, so that a run can reach its
-    final value before its last step): what the fake runs 'measured' at each evaluated step."""
+    final value before its last step): what the fake runs 'measured' at each evaluated step.
+    A spec with ``fn`` uses ``fn(step, offset)`` instead."""
+    if "fn" in spec:
+        return spec["fn"](step, offset)
     bump = spec.get("bump", 0.0) * math.sin(math.pi * step / spec["steps"])
     return (
         spec["top"] * (1.0 - math.exp(-step / spec["tau"])) + offset * min(1.0, step / 200) + bump
@@ -75,8 +78,9 @@ SPECS: dict[str, dict] = {
         MLP, baseline="uniform", reference=CUR, selection="jest", criterion="easy_reference",
         filter_ratio=0.8, tau=200, top=0.28, offsets=[-0.002, 0.0, 0.002], flops=3e9, once=2e11,
     ),
+    # Named with the curated reference, as `jestkit reproduce` does; it never reads it.
     "hard-learner-f0.8": dict(
-        MLP, baseline="uniform", reference=None, selection="jest", criterion="hard_learner",
+        MLP, baseline="uniform", reference=CUR, selection="jest", criterion="hard_learner",
         filter_ratio=0.8, tau=500, top=0.22, offsets=[-0.002, 0.0, 0.002], flops=8e9, once=0,
     ),
     "jest-f0.8-uncurated-ref": dict(
@@ -216,17 +220,51 @@ def make_suite(root: Path, specs: dict[str, dict], partial: dict[str, int] | Non
 # ---------------------------------------------------------------- independent recomputation
 
 
+FINAL_EVALS = 3
+
+
+def final_of(spec: dict, offset: float) -> float:
+    """The mean of the last three evaluations."""
+    return mean([curve(spec, s, offset) for s in eval_steps(spec["steps"])[-FINAL_EVALS:]])
+
+
 def finals(method: str, specs: dict, skip_seed: int | None = None) -> list[float]:
     s = specs[method]
-    return [curve(s, s["steps"], o) for i, o in enumerate(s["offsets"]) if i != skip_seed]
+    return [final_of(s, o) for i, o in enumerate(s["offsets"]) if i != skip_seed]
 
 
-def first_step(method: str, specs: dict, seed: int, target: float) -> int | None:
+def crossing(method: str, specs: dict, seed: int, target: float) -> tuple[float, float] | None:
+    """(step, FLOPs) where the evaluated curve crosses ``target``, linear between evals."""
     s = specs[method]
+
+    def flops(step: int) -> float:
+        return 0.0 if step == 0 else s["once"] + step * s["flops"]
+
+    prev = None
     for step in eval_steps(s["steps"]):
-        if curve(s, step, s["offsets"][seed]) >= target:
-            return step
+        v = curve(s, step, s["offsets"][seed])
+        if v >= target - 1e-9 * max(1.0, abs(target)):
+            if prev is None:
+                return float(step), flops(step)
+            p_step, p_v = prev
+            w = (target - p_v) / (v - p_v)
+            return p_step + w * (step - p_step), flops(p_step) + w * (flops(step) - flops(p_step))
+        prev = (step, v)
     return None
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """95% t interval of the mean, from scipy.stats (not the code under test's route)."""
+    from scipy import stats
+
+    n = len(values)
+    half = stats.t.ppf(0.975, n - 1) * std(values) / math.sqrt(n)
+    return mean(values) - half, mean(values) + half
+
+
+def verdict(values: list[float], threshold: float) -> bool | None:
+    lo, hi = t_interval(values)
+    return True if lo > threshold else False if hi < threshold else None
 
 
 def upper_median(values: list[int | float | None]) -> float | None:
@@ -267,8 +305,13 @@ def test_report_files_and_shape(full):
                     "flops_to_target_with_ref_training"):  # fmt: skip
             assert key in m, (name, key)
     for c in report["claims"]:
-        assert set(c) >= {"claim", "measured", "holds"}
-        assert isinstance(c["holds"], bool) and c["measured"]
+        assert set(c) >= {"claim", "measured", "holds", "ci", "n", "mde", "threshold"}
+        assert c["holds"] in (True, False, None) and c["measured"]
+        assert c["verdict"] == {True: "holds", False: "does not hold", None: "undecided"}[
+            c["holds"]
+        ]
+        if c["ci"] is not None:
+            assert c["ci"][0] <= c["estimate"] <= c["ci"][1] and c["n"] >= 2
 
 
 def test_finals_mean_std_over_seeds(full):
@@ -283,6 +326,8 @@ def test_finals_mean_std_over_seeds(full):
 
 
 def test_steps_and_flops_to_target(full):
+    """Per seed: the target is the baseline's same-seed final, steps and FLOPs to it are read
+    between evaluations, and the baseline's yardstick is where it reached its own final."""
     _, report = full
     for method, spec in SPECS.items():
         m = report["methods"][method]
@@ -290,37 +335,39 @@ def test_steps_and_flops_to_target(full):
         if base is None:
             assert m["steps_to_target"] is None and m["flops_to_target"] is None
             continue
-        target = mean(finals(base, SPECS))
+        bspec = SPECS[base]
         seeds = [i for i in range(len(spec["offsets"])) if not (method == "jest-f0.9" and i == 2)]
-        steps = [first_step(method, SPECS, i, target) for i in seeds]
-        flops = [
-            None if s is None else spec["once"] + s * spec["flops"] if s else 0.0 for s in steps
-        ]
-        assert m["target"] == pytest.approx(target, abs=1e-12)
-        assert m["steps_to_target_per_seed"] == steps
-        assert m["steps_to_target"] == upper_median(steps)
+        bfinals = finals(base, SPECS)
+        targets = [bfinals[i] if i < len(bfinals) else mean(bfinals) for i in seeds]
+        hits = [crossing(method, SPECS, i, t) for i, t in zip(seeds, targets, strict=True)]
+        steps = [None if h is None else h[0] for h in hits]
+        flops = [None if h is None else h[1] for h in hits]
+        assert m["target"] == pytest.approx(mean(bfinals), abs=1e-12)
+        assert m["target_per_seed"] == pytest.approx(targets, abs=1e-12)
+        assert m["steps_to_target_per_seed"] == pytest.approx(steps)
+        assert m["flops_to_target_per_seed"] == pytest.approx(flops)
         expected_flops = upper_median(flops)
         if expected_flops is None:
             assert m["flops_to_target"] is None
         else:
             assert m["flops_to_target"] == pytest.approx(expected_flops, rel=1e-12)
-        # Reference training FLOPs: the reference run's total.
+        # Reference training FLOPs: the reference run's total, only if selection reads it.
         ref = spec["reference"]
-        if ref and expected_flops is not None:
-            ref_total = SPECS[ref]["steps"] * SPECS[ref]["flops"]
-            assert m["flops_to_target_with_ref_training"] == pytest.approx(
-                expected_flops + ref_total, rel=1e-12
-            )
-        elif expected_flops is not None:
-            assert m["flops_to_target_with_ref_training"] == pytest.approx(expected_flops)
-        # The baseline's own saturation point and the speed-ups.
-        own = [
-            first_step(base, SPECS, i, final)
-            for i, final in enumerate(finals(base, SPECS))  # each seed its own final value
-        ]
-        assert m["baseline_steps_to_own_final"] == upper_median(own)
-        if m["steps_to_target"]:
-            assert m["speedup"] == pytest.approx(SPECS[base]["steps"] / m["steps_to_target"])
+        reads_ref = ref and spec["criterion"] != "hard_learner" and spec["selection"] != "uniform"
+        if expected_flops is not None:
+            extra = SPECS[ref]["steps"] * SPECS[ref]["flops"] if reads_ref else 0.0
+            assert m["flops_to_target_with_ref_training"] == pytest.approx(expected_flops + extra)
+        # The baseline's yardstick: where each seed reached its own final (< its run length).
+        own = [crossing(base, SPECS, i, f)[0] for i, f in enumerate(bfinals)]
+        yard = [min(bspec["steps"], own[i]) if i < len(own) else None for i in seeds]
+        assert m["baseline_steps_to_target_per_seed"] == pytest.approx(yard)
+        if all(st is not None for st in steps):
+            pairs = [(y, st) for y, st in zip(yard, steps, strict=True) if y is not None]
+            gm = math.exp(mean([math.log(y / st) for y, st in pairs]))
+            assert m["speedup"] == pytest.approx(gm)
+            gm_len = math.exp(mean([math.log(bspec["steps"] / st) for _, st in pairs]))
+            assert m["speedup_vs_run_length"] == pytest.approx(gm_len)
+            assert m["speedup"] <= m["speedup_vs_run_length"] + 1e-12
 
 
 def test_never_reaching_is_null(full):
@@ -368,50 +415,63 @@ def _claim(report, cid):
 
 
 def test_claim_decisions_follow_the_rule(full):
+    """Each verdict equals the one a 95% t interval over paired seeds (scipy.stats) gives."""
     _, report = full
     methods = report["methods"]
 
-    def beats(a: str, b: str) -> bool:
-        fa, fb = finals(a, SPECS), finals(b, SPECS)
-        return mean(fa) - mean(fb) > max(std(fa), std(fb))
+    def diffs(a: str, b: str) -> list[float]:
+        return [x - y for x, y in zip(finals(a, SPECS), finals(b, SPECS), strict=True)]
 
-    # 1a: every seed of jest-f0.8 reaches uniform's final within 1000 / 3 steps.
-    per = methods["jest-f0.8"]["steps_to_target_per_seed"]
-    assert _claim(report, "1a")["holds"] == all(s is not None and s <= 1000 / 3 for s in per)
-    per9 = methods["jest-f0.9"]["steps_to_target_per_seed"]
-    assert _claim(report, "1b")["holds"] == all(s is not None and s <= 1000 / 4 for s in per9)
-    # 3a: designed within noise.
-    assert not beats("jest-f0.8", "independent-f0.8")
+    def log_speedups(method: str) -> list[float]:
+        m = methods[method]
+        return [
+            math.log(y / s)
+            for y, s in zip(
+                m["baseline_steps_to_target_per_seed"], m["steps_to_target_per_seed"], strict=True
+            )
+            if y is not None
+        ]
+
+    def log_run_length(method: str) -> list[float]:
+        m = methods[method]
+        return [math.log(m["baseline_steps"] / s) for s in m["steps_to_target_per_seed"]]
+
+    # 1a/1b/1c: the speed-up clears 3x / 4.5x / 1.5x against both yardsticks.
+    for cid, method, factor in (("1a", "jest-f0.8", 3.0), ("1b", "jest-f0.9", 4.5),
+                                ("1c", "jest-f0.5", 1.5)):  # fmt: skip
+        v1 = verdict(log_speedups(method), math.log(factor))
+        v2 = verdict(log_run_length(method), math.log(factor))
+        expected = False if False in (v1, v2) else True if v1 and v2 else None
+        assert _claim(report, cid)["holds"] is expected, cid
+        assert _claim(report, cid)["threshold"] == factor
+    # 3a: designed within noise: undecided, never "holds".
+    assert verdict(diffs("jest-f0.8", "independent-f0.8"), 0.0) is None
     c3a = _claim(report, "3a")
-    assert not c3a["holds"] and "within noise" in c3a["measured"]
-    # 4: learnability > easy-reference > hard-learner.
-    assert _claim(report, "4")["holds"] == (
-        beats("jest-f0.8", "easy-reference-f0.8")
-        and beats("easy-reference-f0.8", "hard-learner-f0.8")
-    )
-    # 6a: a single reference seed -> below min_seeds -> cannot hold, and says why.
+    assert c3a["holds"] is None and "undecided" in c3a["measured"]
+    lo, hi = t_interval(diffs("jest-f0.8", "independent-f0.8"))
+    assert c3a["ci"] == pytest.approx([lo, hi])
+    assert c3a["n"] == 3
+    # 4: learnability > easy-reference > hard-learner, both pairs.
+    v4 = [verdict(diffs("jest-f0.8", "easy-reference-f0.8"), 0.0),
+          verdict(diffs("easy-reference-f0.8", "hard-learner-f0.8"), 0.0)]  # fmt: skip
+    assert _claim(report, "4")["holds"] is (False if False in v4 else True if all(v4) else None)
+    # 6a: the learner against the one reference model it scored with (a fixed value).
+    ref_final = finals("reference-curated", SPECS)[0]
+    v6a = verdict([f - ref_final for f in finals("jest-f0.8", SPECS)], 0.0)
     c6a = _claim(report, "6a")
-    assert not c6a["holds"] and "fewer than 2" in c6a["measured"]
-    assert _claim(report, "6b")["holds"] == beats("jest-f0.8", "jest-f0.8-uncurated-ref")
-    # 3c: the gap at b=1024 vs b=256 (paired by seed).
+    assert c6a["holds"] is v6a and "reference-curated-s0" in c6a["measured"]
+    assert _claim(report, "6b")["holds"] is verdict(diffs("jest-f0.8", "jest-f0.8-uncurated-ref"), 0)
+    # 3c: the per-seed change of the paired gap from b=256 to b=1024.
     sweep = report["batch_sweep"]
     assert [p["x"] for p in sweep] == [256, 1024]
-    for p, (j, i) in zip(
-        sweep,
-        [("jest-f0.8", "independent-f0.8"), ("jest-f0.8-b1024", "independent-f0.8-b1024")],
-        strict=True,
-    ):
-        diffs = [a - b for a, b in zip(finals(j, SPECS), finals(i, SPECS), strict=True)]
-        assert p["gap"] == pytest.approx(mean(diffs), abs=1e-12)
-        assert p["gap_std"] == pytest.approx(std(diffs), abs=1e-12)
-    lo, hi = sweep
-    assert _claim(report, "3c")["holds"] == (
-        hi["gap"] - lo["gap"] > max(lo["gap_std"], hi["gap_std"])
-    )
-    # 5a: every flexi seed below uniform-vit's total FLOPs.
-    budget = SPECS["uniform-vit"]["steps"] * SPECS["uniform-vit"]["flops"]
-    flexi = methods["flexi-jest-f0.8"]["flops_to_target_per_seed"]
-    assert _claim(report, "5a")["holds"] == all(f is not None and f < budget for f in flexi)
+    gaps = [diffs("jest-f0.8", "independent-f0.8"),
+            diffs("jest-f0.8-b1024", "independent-f0.8-b1024")]  # fmt: skip
+    for p, d in zip(sweep, gaps, strict=True):
+        assert p["gap"] == pytest.approx(mean(d), abs=1e-12)
+        assert p["gap_std"] == pytest.approx(std(d), abs=1e-12)
+        assert p["paired"]
+    change = [b - a for a, b in zip(*gaps, strict=True)]
+    assert _claim(report, "3c")["holds"] is verdict(change, 0.0)
     for c in report["claims"]:
         assert c["status"] == "measured", c
 
@@ -426,24 +486,21 @@ def test_missing_runs_are_not_measured(tmp_path):
     assert "jest-f0.9" not in report["methods"]
     for cid in ("1b", "2", "4", "5a", "5b"):
         c = _claim(report, cid)
-        assert c["holds"] is False
+        assert c["holds"] is None and c["verdict"] == "not measured"
         assert c["status"] == "not measured" and c["measured"].startswith("not measured"), c
     assert "jest-f0.9" in _claim(report, "1b")["measured"]  # names what is missing
     assert {r["status"] for r in report["unfinished_runs"]} == {"missing"}
     assert not (root / "plots").exists() and report["plots"] == []
 
 
-def test_single_seed_never_holds(tmp_path):
+def test_single_seed_is_undecided(tmp_path):
+    """One seed gives no interval: every claim is undecided, whatever min_seeds says."""
     specs = {k: dict(v, offsets=v["offsets"][:1]) for k, v in SPECS.items()}
     report = build_report(make_suite(tmp_path, specs), plots=False)
-    assert not any(c["holds"] for c in report["claims"])
+    assert all(c["holds"] is None and c["ci"] is None for c in report["claims"])
     one = build_report(tmp_path, min_seeds=1, plots=False)
-    # With min_seeds=1 a clear single-seed win can hold (jest-f0.8 vs hard learner).
-    assert _claim(one, "4")["holds"] == (
-        finals("jest-f0.8", specs)[0]
-        > finals("easy-reference-f0.8", specs)[0]
-        > finals("hard-learner-f0.8", specs)[0]
-    )
+    assert all(c["holds"] is None for c in one["claims"])
+    assert "fewer than 2 seeds" in _claim(one, "4")["measured"]
 
 
 def test_pure_helpers_match_statistics_module():
@@ -488,9 +545,11 @@ def test_uniform_without_baseline_field_is_its_own_baseline(tmp_path):
     specs = {k: SPECS[k] for k in ("uniform", "jest-f0.8")}
     specs["uniform"] = dict(specs["uniform"], baseline=None)
     report = build_report(make_suite(tmp_path, specs), plots=False)
-    own = [first_step("uniform", specs, i, f) for i, f in enumerate(finals("uniform", specs))]
+    own = [crossing("uniform", specs, i, f)[0] for i, f in enumerate(finals("uniform", specs))]
     assert report["methods"]["uniform"]["baseline"] == "uniform"
-    assert report["methods"]["jest-f0.8"]["baseline_steps_to_own_final"] == upper_median(own)
+    assert report["methods"]["jest-f0.8"]["baseline_steps_to_own_final"] == pytest.approx(
+        upper_median(own)
+    )
 
 
 def test_overhead_benchmark_flop_model(capsys):
