@@ -107,8 +107,10 @@ class Claims:
     def _decide(self, cmp: dict[str, Any], threshold: float) -> tuple[bool | None, str]:
         """The verdict and, when undecided for want of seeds, why."""
         v = decide(cmp, threshold, self.min_seeds)
-        if cmp["n"] < max(2, self.min_seeds) or cmp["ci"] is None:
+        if cmp["n"] < max(2, self.min_seeds):
             return v, f" (fewer than {max(2, self.min_seeds)} seeds to compare: undecided)"
+        if cmp["ci"] is None:
+            return v, f" (no interval: {cmp['test']})"
         return v, ""
 
     # -- the decision rules
