@@ -27,7 +27,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def curve(spec: dict, step: int, offset: float) -> float:
     """A saturating learning curve (with an optional mid-run bump, so that a run can reach its
-    final value before its last step): what the fake runs 'measured' at each evaluated step."""
+    final value before its last step): what the fake runs 'measured' at each evaluated step.
+    A spec with ``fn`` uses ``fn(step, offset)`` instead."""
+    if "fn" in spec:
+        return spec["fn"](step, offset)
     bump = spec.get("bump", 0.0) * math.sin(math.pi * step / spec["steps"])
     return (
         spec["top"] * (1.0 - math.exp(-step / spec["tau"])) + offset * min(1.0, step / 200) + bump
@@ -75,8 +78,9 @@ SPECS: dict[str, dict] = {
         MLP, baseline="uniform", reference=CUR, selection="jest", criterion="easy_reference",
         filter_ratio=0.8, tau=200, top=0.28, offsets=[-0.002, 0.0, 0.002], flops=3e9, once=2e11,
     ),
+    # Named with the curated reference, as `jestkit reproduce` does; it never reads it.
     "hard-learner-f0.8": dict(
-        MLP, baseline="uniform", reference=None, selection="jest", criterion="hard_learner",
+        MLP, baseline="uniform", reference=CUR, selection="jest", criterion="hard_learner",
         filter_ratio=0.8, tau=500, top=0.22, offsets=[-0.002, 0.0, 0.002], flops=8e9, once=0,
     ),
     "jest-f0.8-uncurated-ref": dict(
@@ -216,17 +220,51 @@ def make_suite(root: Path, specs: dict[str, dict], partial: dict[str, int] | Non
 # ---------------------------------------------------------------- independent recomputation
 
 
+FINAL_EVALS = 3
+
+
+def final_of(spec: dict, offset: float) -> float:
+    """The mean of the last three evaluations."""
+    return mean([curve(spec, s, offset) for s in eval_steps(spec["steps"])[-FINAL_EVALS:]])
+
+
 def finals(method: str, specs: dict, skip_seed: int | None = None) -> list[float]:
     s = specs[method]
-    return [curve(s, s["steps"], o) for i, o in enumerate(s["offsets"]) if i != skip_seed]
+    return [final_of(s, o) for i, o in enumerate(s["offsets"]) if i != skip_seed]
 
 
-def first_step(method: str, specs: dict, seed: int, target: float) -> int | None:
+def crossing(method: str, specs: dict, seed: int, target: float) -> tuple[float, float] | None:
+    """(step, FLOPs) where the evaluated curve crosses ``target``, linear between evals."""
     s = specs[method]
+
+    def flops(step: int) -> float:
+        return 0.0 if step == 0 else s["once"] + step * s["flops"]
+
+    prev = None
     for step in eval_steps(s["steps"]):
-        if curve(s, step, s["offsets"][seed]) >= target:
-            return step
+        v = curve(s, step, s["offsets"][seed])
+        if v >= target - 1e-9 * max(1.0, abs(target)):
+            if prev is None:
+                return float(step), flops(step)
+            p_step, p_v = prev
+            w = (target - p_v) / (v - p_v)
+            return p_step + w * (step - p_step), flops(p_step) + w * (flops(step) - flops(p_step))
+        prev = (step, v)
     return None
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """95% t interval of the mean, from scipy.stats (not the code under test's route)."""
+    from scipy import stats
+
+    n = len(values)
+    half = stats.t.ppf(0.975, n - 1) * std(values) / math.sqrt(n)
+    return mean(values) - half, mean(values) + half
+
+
+def verdict(values: list[float], threshold: float) -> bool | None:
+    lo, hi = t_interval(values)
+    return True if lo > threshold else False if hi < threshold else None
 
 
 def upper_median(values: list[int | float | None]) -> float | None:
@@ -267,8 +305,13 @@ def test_report_files_and_shape(full):
                     "flops_to_target_with_ref_training"):  # fmt: skip
             assert key in m, (name, key)
     for c in report["claims"]:
-        assert set(c) >= {"claim", "measured", "holds"}
-        assert isinstance(c["holds"], bool) and c["measured"]
+        assert set(c) >= {"claim", "measured", "holds", "ci", "n", "mde", "threshold"}
+        assert c["holds"] in (True, False, None) and c["measured"]
+        assert (
+            c["verdict"] == {True: "holds", False: "does not hold", None: "undecided"}[c["holds"]]
+        )
+        if c["ci"] is not None:
+            assert c["ci"][0] <= c["estimate"] <= c["ci"][1] and c["n"] >= 2
 
 
 def test_finals_mean_std_over_seeds(full):
@@ -283,6 +326,8 @@ def test_finals_mean_std_over_seeds(full):
 
 
 def test_steps_and_flops_to_target(full):
+    """Per seed: the target is the baseline's same-seed final, steps and FLOPs to it are read
+    between evaluations, and the baseline's yardstick is where it reached its own final."""
     _, report = full
     for method, spec in SPECS.items():
         m = report["methods"][method]
@@ -290,37 +335,39 @@ def test_steps_and_flops_to_target(full):
         if base is None:
             assert m["steps_to_target"] is None and m["flops_to_target"] is None
             continue
-        target = mean(finals(base, SPECS))
+        bspec = SPECS[base]
         seeds = [i for i in range(len(spec["offsets"])) if not (method == "jest-f0.9" and i == 2)]
-        steps = [first_step(method, SPECS, i, target) for i in seeds]
-        flops = [
-            None if s is None else spec["once"] + s * spec["flops"] if s else 0.0 for s in steps
-        ]
-        assert m["target"] == pytest.approx(target, abs=1e-12)
-        assert m["steps_to_target_per_seed"] == steps
-        assert m["steps_to_target"] == upper_median(steps)
+        bfinals = finals(base, SPECS)
+        targets = [bfinals[i] if i < len(bfinals) else mean(bfinals) for i in seeds]
+        hits = [crossing(method, SPECS, i, t) for i, t in zip(seeds, targets, strict=True)]
+        steps = [None if h is None else h[0] for h in hits]
+        flops = [None if h is None else h[1] for h in hits]
+        assert m["target"] == pytest.approx(mean(bfinals), abs=1e-12)
+        assert m["target_per_seed"] == pytest.approx(targets, abs=1e-12)
+        assert m["steps_to_target_per_seed"] == pytest.approx(steps)
+        assert m["flops_to_target_per_seed"] == pytest.approx(flops)
         expected_flops = upper_median(flops)
         if expected_flops is None:
             assert m["flops_to_target"] is None
         else:
             assert m["flops_to_target"] == pytest.approx(expected_flops, rel=1e-12)
-        # Reference training FLOPs: the reference run's total.
+        # Reference training FLOPs: the reference run's total, only if selection reads it.
         ref = spec["reference"]
-        if ref and expected_flops is not None:
-            ref_total = SPECS[ref]["steps"] * SPECS[ref]["flops"]
-            assert m["flops_to_target_with_ref_training"] == pytest.approx(
-                expected_flops + ref_total, rel=1e-12
-            )
-        elif expected_flops is not None:
-            assert m["flops_to_target_with_ref_training"] == pytest.approx(expected_flops)
-        # The baseline's own saturation point and the speed-ups.
-        own = [
-            first_step(base, SPECS, i, final)
-            for i, final in enumerate(finals(base, SPECS))  # each seed its own final value
-        ]
-        assert m["baseline_steps_to_own_final"] == upper_median(own)
-        if m["steps_to_target"]:
-            assert m["speedup"] == pytest.approx(SPECS[base]["steps"] / m["steps_to_target"])
+        reads_ref = ref and spec["criterion"] != "hard_learner" and spec["selection"] != "uniform"
+        if expected_flops is not None:
+            extra = SPECS[ref]["steps"] * SPECS[ref]["flops"] if reads_ref else 0.0
+            assert m["flops_to_target_with_ref_training"] == pytest.approx(expected_flops + extra)
+        # The baseline's yardstick: where each seed reached its own final (< its run length).
+        own = [crossing(base, SPECS, i, f)[0] for i, f in enumerate(bfinals)]
+        yard = [min(bspec["steps"], own[i]) if i < len(own) else None for i in seeds]
+        assert m["baseline_steps_to_target_per_seed"] == pytest.approx(yard)
+        if all(st is not None for st in steps):
+            pairs = [(y, st) for y, st in zip(yard, steps, strict=True) if y is not None]
+            gm = math.exp(mean([math.log(y / st) for y, st in pairs]))
+            assert m["speedup"] == pytest.approx(gm)
+            gm_len = math.exp(mean([math.log(bspec["steps"] / st) for _, st in pairs]))
+            assert m["speedup_vs_run_length"] == pytest.approx(gm_len)
+            assert m["speedup"] <= m["speedup_vs_run_length"] + 1e-12
 
 
 def test_never_reaching_is_null(full):
@@ -368,50 +415,65 @@ def _claim(report, cid):
 
 
 def test_claim_decisions_follow_the_rule(full):
+    """Each verdict equals the one a 95% t interval over paired seeds (scipy.stats) gives."""
     _, report = full
     methods = report["methods"]
 
-    def beats(a: str, b: str) -> bool:
-        fa, fb = finals(a, SPECS), finals(b, SPECS)
-        return mean(fa) - mean(fb) > max(std(fa), std(fb))
+    def diffs(a: str, b: str) -> list[float]:
+        return [x - y for x, y in zip(finals(a, SPECS), finals(b, SPECS), strict=True)]
 
-    # 1a: every seed of jest-f0.8 reaches uniform's final within 1000 / 3 steps.
-    per = methods["jest-f0.8"]["steps_to_target_per_seed"]
-    assert _claim(report, "1a")["holds"] == all(s is not None and s <= 1000 / 3 for s in per)
-    per9 = methods["jest-f0.9"]["steps_to_target_per_seed"]
-    assert _claim(report, "1b")["holds"] == all(s is not None and s <= 1000 / 4 for s in per9)
-    # 3a: designed within noise.
-    assert not beats("jest-f0.8", "independent-f0.8")
+    def log_speedups(method: str) -> list[float]:
+        m = methods[method]
+        return [
+            math.log(y / s)
+            for y, s in zip(
+                m["baseline_steps_to_target_per_seed"], m["steps_to_target_per_seed"], strict=True
+            )
+            if y is not None
+        ]
+
+    def log_run_length(method: str) -> list[float]:
+        m = methods[method]
+        return [math.log(m["baseline_steps"] / s) for s in m["steps_to_target_per_seed"]]
+
+    # 1a/1b/1c: the speed-up clears 3x / 4.5x / 1.5x against both yardsticks.
+    for cid, method, factor in (("1a", "jest-f0.8", 3.0), ("1b", "jest-f0.9", 4.5),
+                                ("1c", "jest-f0.5", 1.5)):  # fmt: skip
+        v1 = verdict(log_speedups(method), math.log(factor))
+        v2 = verdict(log_run_length(method), math.log(factor))
+        expected = False if False in (v1, v2) else True if v1 and v2 else None
+        assert _claim(report, cid)["holds"] is expected, cid
+        assert _claim(report, cid)["threshold"] == factor
+    # 3a: designed within noise: undecided, never "holds".
+    assert verdict(diffs("jest-f0.8", "independent-f0.8"), 0.0) is None
     c3a = _claim(report, "3a")
-    assert not c3a["holds"] and "within noise" in c3a["measured"]
-    # 4: learnability > easy-reference > hard-learner.
-    assert _claim(report, "4")["holds"] == (
-        beats("jest-f0.8", "easy-reference-f0.8")
-        and beats("easy-reference-f0.8", "hard-learner-f0.8")
-    )
-    # 6a: a single reference seed -> below min_seeds -> cannot hold, and says why.
+    assert c3a["holds"] is None and "undecided" in c3a["measured"]
+    lo, hi = t_interval(diffs("jest-f0.8", "independent-f0.8"))
+    assert c3a["ci"] == pytest.approx([lo, hi])
+    assert c3a["n"] == 3
+    # 4: learnability > easy-reference > hard-learner, both pairs.
+    v4 = [verdict(diffs("jest-f0.8", "easy-reference-f0.8"), 0.0),
+          verdict(diffs("easy-reference-f0.8", "hard-learner-f0.8"), 0.0)]  # fmt: skip
+    assert _claim(report, "4")["holds"] is (False if False in v4 else True if all(v4) else None)
+    # 6a: the learner against the one reference model it scored with (a fixed value).
+    ref_final = finals("reference-curated", SPECS)[0]
+    v6a = verdict([f - ref_final for f in finals("jest-f0.8", SPECS)], 0.0)
     c6a = _claim(report, "6a")
-    assert not c6a["holds"] and "fewer than 2" in c6a["measured"]
-    assert _claim(report, "6b")["holds"] == beats("jest-f0.8", "jest-f0.8-uncurated-ref")
-    # 3c: the gap at b=1024 vs b=256 (paired by seed).
+    assert c6a["holds"] is v6a and "reference-curated-s0" in c6a["measured"]
+    assert _claim(report, "6b")["holds"] is verdict(
+        diffs("jest-f0.8", "jest-f0.8-uncurated-ref"), 0
+    )
+    # 3c: the per-seed change of the paired gap from b=256 to b=1024.
     sweep = report["batch_sweep"]
     assert [p["x"] for p in sweep] == [256, 1024]
-    for p, (j, i) in zip(
-        sweep,
-        [("jest-f0.8", "independent-f0.8"), ("jest-f0.8-b1024", "independent-f0.8-b1024")],
-        strict=True,
-    ):
-        diffs = [a - b for a, b in zip(finals(j, SPECS), finals(i, SPECS), strict=True)]
-        assert p["gap"] == pytest.approx(mean(diffs), abs=1e-12)
-        assert p["gap_std"] == pytest.approx(std(diffs), abs=1e-12)
-    lo, hi = sweep
-    assert _claim(report, "3c")["holds"] == (
-        hi["gap"] - lo["gap"] > max(lo["gap_std"], hi["gap_std"])
-    )
-    # 5a: every flexi seed below uniform-vit's total FLOPs.
-    budget = SPECS["uniform-vit"]["steps"] * SPECS["uniform-vit"]["flops"]
-    flexi = methods["flexi-jest-f0.8"]["flops_to_target_per_seed"]
-    assert _claim(report, "5a")["holds"] == all(f is not None and f < budget for f in flexi)
+    gaps = [diffs("jest-f0.8", "independent-f0.8"),
+            diffs("jest-f0.8-b1024", "independent-f0.8-b1024")]  # fmt: skip
+    for p, d in zip(sweep, gaps, strict=True):
+        assert p["gap"] == pytest.approx(mean(d), abs=1e-12)
+        assert p["gap_std"] == pytest.approx(std(d), abs=1e-12)
+        assert p["paired"]
+    change = [b - a for a, b in zip(*gaps, strict=True)]
+    assert _claim(report, "3c")["holds"] is verdict(change, 0.0)
     for c in report["claims"]:
         assert c["status"] == "measured", c
 
@@ -426,24 +488,21 @@ def test_missing_runs_are_not_measured(tmp_path):
     assert "jest-f0.9" not in report["methods"]
     for cid in ("1b", "2", "4", "5a", "5b"):
         c = _claim(report, cid)
-        assert c["holds"] is False
+        assert c["holds"] is None and c["verdict"] == "not measured"
         assert c["status"] == "not measured" and c["measured"].startswith("not measured"), c
     assert "jest-f0.9" in _claim(report, "1b")["measured"]  # names what is missing
     assert {r["status"] for r in report["unfinished_runs"]} == {"missing"}
     assert not (root / "plots").exists() and report["plots"] == []
 
 
-def test_single_seed_never_holds(tmp_path):
+def test_single_seed_is_undecided(tmp_path):
+    """One seed gives no interval: every claim is undecided, whatever min_seeds says."""
     specs = {k: dict(v, offsets=v["offsets"][:1]) for k, v in SPECS.items()}
     report = build_report(make_suite(tmp_path, specs), plots=False)
-    assert not any(c["holds"] for c in report["claims"])
+    assert all(c["holds"] is None and c["ci"] is None for c in report["claims"])
     one = build_report(tmp_path, min_seeds=1, plots=False)
-    # With min_seeds=1 a clear single-seed win can hold (jest-f0.8 vs hard learner).
-    assert _claim(one, "4")["holds"] == (
-        finals("jest-f0.8", specs)[0]
-        > finals("easy-reference-f0.8", specs)[0]
-        > finals("hard-learner-f0.8", specs)[0]
-    )
+    assert all(c["holds"] is None for c in one["claims"])
+    assert "fewer than 2 seeds" in _claim(one, "4")["measured"]
 
 
 def test_pure_helpers_match_statistics_module():
@@ -488,9 +547,11 @@ def test_uniform_without_baseline_field_is_its_own_baseline(tmp_path):
     specs = {k: SPECS[k] for k in ("uniform", "jest-f0.8")}
     specs["uniform"] = dict(specs["uniform"], baseline=None)
     report = build_report(make_suite(tmp_path, specs), plots=False)
-    own = [first_step("uniform", specs, i, f) for i, f in enumerate(finals("uniform", specs))]
+    own = [crossing("uniform", specs, i, f)[0] for i, f in enumerate(finals("uniform", specs))]
     assert report["methods"]["uniform"]["baseline"] == "uniform"
-    assert report["methods"]["jest-f0.8"]["baseline_steps_to_own_final"] == upper_median(own)
+    assert report["methods"]["jest-f0.8"]["baseline_steps_to_own_final"] == pytest.approx(
+        upper_median(own)
+    )
 
 
 def test_overhead_benchmark_flop_model(capsys):
@@ -610,3 +671,235 @@ def test_probe_files_are_rendered(tmp_path):
     (root / "analysis.json").write_text("{not json")
     with pytest.raises(JestkitError, match=r"analysis\.json: cannot read it as JSON"):
         build_report(root, plots=False)
+
+
+# ---------------------------------------------------------------- the decision rules
+
+
+def test_t_quantile_and_paired_interval_by_hand():
+    from scipy import stats
+
+    from jestkit.report import compare, decide, t_quantile
+
+    assert t_quantile(0.975, 1) == pytest.approx(12.7062047, rel=1e-6)
+    assert t_quantile(0.975, 2) == pytest.approx(4.3026527, rel=1e-6)
+    for df in (1, 2, 4, 9, 30):
+        for p in (0.8, 0.975):
+            assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-9)
+    a, b = {0: 0.30, 1: 0.26, 2: 0.285}, {0: 0.27, 1: 0.24, 2: 0.26, 7: 0.9}  # seed 7: unpaired
+    d = [0.03, 0.02, 0.025]
+    c = compare(a, b)
+    half = stats.t.ppf(0.975, 2) * std(d) / math.sqrt(3)
+    assert c["n"] == 3 and c["seeds"] == [0, 1, 2] and c["estimate"] == pytest.approx(0.025)
+    assert c["ci"] == pytest.approx([0.025 - half, 0.025 + half])
+    mde = (stats.t.ppf(0.975, 2) + stats.t.ppf(0.8, 2)) * std(d) / math.sqrt(3)
+    assert c["mde"] == pytest.approx(mde)
+    assert decide(c, 0.0) is True and decide(c, 0.05) is False and decide(c, 0.025) is None
+    assert decide(c, 0.0, min_n=4) is None  # too few pairs for the caller's minimum
+    r = compare({0: 400.0, 1: 300.0}, {0: 100.0, 1: 100.0}, "ratio")  # 4x and 3x
+    assert r["estimate"] == pytest.approx(math.sqrt(12))  # the geometric mean
+    assert r["values"] == pytest.approx([4.0, 3.0])
+    assert compare({0: 1.0}, {0: 0.5})["ci"] is None  # one pair: no interval, undecided
+    w = compare({0: 1.0, 1: 2.0}, {5: 0.0, 6: 1.0})  # no common seed: Welch
+    assert w["test"].startswith("Welch") and w["estimate"] == pytest.approx(1.0)
+
+
+def _method(per_seed: list[float]) -> dict:
+    return {
+        "_final_by_seed": dict(enumerate(per_seed)),
+        "final_metric": mean(per_seed),
+        "final_metric_std": std(per_seed),
+        "seeds": len(per_seed),
+    }
+
+
+def test_same_distribution_holds_at_most_at_the_nominal_rate():
+    """Two methods drawn from one distribution: the rule says "holds" in <= 6% of simulated
+    suites (nominal: 2.5%, a one-sided claim on a two-sided 95% interval), at 2, 3 and 5 seeds,
+    with and without a seed effect shared by both methods. The old rule (difference of means >
+    the larger std) fails the same check, so the simulation can tell a bad rule."""
+    import random
+
+    from jestkit.report import Claims, compare, decide
+
+    rng = random.Random(0)
+    trials = 3000
+    for n in (2, 3, 5):
+        for shared in (0.0, 0.03):
+            holds = steps_hold = old = 0
+            for _ in range(trials):
+                seed_fx = [rng.gauss(0, shared) for _ in range(n)]
+                a = [0.2 + e + rng.gauss(0, 0.02) for e in seed_fx]
+                b = [0.2 + e + rng.gauss(0, 0.02) for e in seed_fx]
+                claims = Claims({"a": _method(a), "b": _method(b)}, runs=[])
+                holds += claims.higher_final("a", "b")[0] is True
+                old += mean(a) - mean(b) > max(std(a), std(b))
+                ta = {s: math.exp(6 + e * 10 + rng.gauss(0, 0.2)) for s, e in enumerate(seed_fx)}
+                tb = {s: math.exp(6 + e * 10 + rng.gauss(0, 0.2)) for s, e in enumerate(seed_fx)}
+                steps_hold += decide(compare(tb, ta, "ratio"), 1.0) is True
+            assert holds / trials <= 0.06, (n, shared, holds / trials)
+            assert steps_hold / trials <= 0.06, (n, shared, steps_hold / trials)
+            if n == 2 and shared == 0.0:
+                assert old / trials > 0.10  # the old rule: ~17% at 2 seeds
+
+
+def _linear(rate: float, jitter: float = 0.0):
+    """A curve rising by ``0.3 * rate`` per 1000 steps (+ the seed's offset); ``jitter`` makes
+    the rate depend on the seed, so paired ratios are not all equal."""
+    return lambda step, o: 0.3 * (rate + jitter * o) * step / 1000 + o
+
+
+UNI = dict(MLP, baseline="uniform", reference=None, selection="uniform",
+           criterion="learnability", filter_ratio=0.8, offsets=[-0.004, 0.0, 0.004], flops=3e9,
+           once=0)  # fmt: skip
+JEST8 = dict(UNI, reference=CUR, selection="jest", flops=8e9, once=2e11)
+
+
+def test_a_plateaued_uniform_cannot_make_a_copy_of_itself_pass(tmp_path):
+    """Uniform flat after step 300 of 1500; 'jest' runs are copies of the uniform runs (and
+    'flexi-jest' of uniform-vit). Against uniform's run length the copies look 5x faster; the
+    claims compare with where uniform itself reached its final, and do not hold."""
+    flat = dict(steps=1500, fn=lambda s, o: 0.2 * min(1.0, s / 300) + o)
+    vit_uni = dict(UNI, **flat, family="vit", baseline="uniform-vit")
+    specs = {
+        "reference-curated": SPECS["reference-curated"],
+        "uniform": dict(UNI, **flat),
+        "jest-f0.8": dict(JEST8, **flat, flops=3e9, once=0),
+        "uniform-vit": vit_uni,
+        "flexi-jest-f0.8": dict(vit_uni, selection="flexi-jest", reference=CUR),
+    }
+    report = build_report(make_suite(tmp_path, specs), plots=False)
+    m = report["methods"]["jest-f0.8"]
+    assert m["speedup_vs_run_length"] == pytest.approx(5.0)  # what flattered the old rule
+    assert m["speedup"] == pytest.approx(1.0)
+    c1a = _claim(report, "1a")
+    assert c1a["holds"] is False and c1a["estimate"] == pytest.approx(1.0)
+    f = report["methods"]["flexi-jest-f0.8"]
+    assert f["vs_baseline"]["flops_speedup_vs_total"]["estimate"] == pytest.approx(5.0)
+    c5a = _claim(report, "5a")  # a copy's FLOPs ratio is exactly the threshold, 1
+    assert c5a["holds"] is not True and c5a["estimate"] == pytest.approx(1.0)
+
+
+def test_a_frontier_run_is_the_yardstick(tmp_path):
+    """Uniform (1000 steps) reaches its final at 900; jest-f0.8 at ~250 (3.6x: claim 1a holds).
+    A frontier run (uniform's schedule ending at step 500) reaches it at 405: the best uniform
+    given that many steps, so the speed-up is ~1.6x and the claim does not hold."""
+    specs = {
+        "reference-curated": SPECS["reference-curated"],
+        "uniform": dict(UNI, fn=_linear(1.0)),
+        "jest-f0.8": dict(JEST8, fn=_linear(3.6, jitter=20)),
+    }
+    without = build_report(make_suite(tmp_path / "a", specs), plots=False)
+    assert without["methods"]["jest-f0.8"]["baseline_steps_to_target_per_seed"] == pytest.approx(
+        [900.0] * 3
+    )
+    assert _claim(without, "1a")["holds"] is True
+    specs["uniform-f500"] = dict(
+        UNI, steps=500, fn=_linear(1000 / 450), tags={"sweep": "frontier", "frontier_of": "uniform"}
+    )
+    report = build_report(make_suite(tmp_path / "b", specs), plots=False)
+    m = report["methods"]["jest-f0.8"]
+    assert m["baseline_steps_to_target_per_seed"] == pytest.approx([405.0] * 3)
+    assert m["speedup"] == pytest.approx(405 / 250, rel=0.03)
+    assert _claim(report, "1a")["holds"] is False
+    assert report["methods"]["uniform-f500"]["frontier_of"] == "uniform"
+    assert "uniform-f500" not in _claim(report, "1a")["methods"]
+
+
+def test_claim_1b_uses_the_papers_4_5x(tmp_path):
+    """JEST.md §5: f=0.9 reaches uniform's final with 4.5x fewer examples. A 4.2x speed-up
+    (which the old 4.0x threshold passed) does not hold; a 5x one holds."""
+    from jestkit.report import THRESHOLDS
+
+    assert THRESHOLDS["1b"].value == 4.5 and "4.5x" in THRESHOLDS["1b"].source
+    assert (THRESHOLDS["1a"].value, THRESHOLDS["1c"].value) == (3.0, 1.5)
+    for rate, expected in ((4.2, False), (5.0, True)):
+        specs = {
+            "reference-curated": SPECS["reference-curated"],
+            "uniform": dict(UNI, fn=_linear(1.0)),
+            "jest-f0.9": dict(JEST8, filter_ratio=0.9, fn=_linear(rate, jitter=5)),
+        }
+        report = build_report(make_suite(tmp_path / str(rate), specs), plots=False)
+        c = _claim(report, "1b")
+        assert c["threshold"] == 4.5 and "1/4.5" in c["claim"]
+        assert c["estimate"] == pytest.approx(rate, rel=0.01)
+        assert c["holds"] is expected, c["measured"]
+
+
+def test_a_hard_learner_run_carries_no_reference_training_flops(tmp_path):
+    """Hard-learner scores with the learner alone: the reference the suite names for it is
+    not charged (its training nor its cache), while a learnability run's is."""
+    specs = {
+        "reference-curated": SPECS["reference-curated"],
+        "uniform": SPECS["uniform"],
+        "jest-f0.8": SPECS["jest-f0.8"],
+        "hard-learner-f0.8": dict(SPECS["hard-learner-f0.8"], tau=110, top=0.31),
+    }
+    assert specs["hard-learner-f0.8"]["reference"] == CUR
+    report = build_report(make_suite(tmp_path, specs), plots=False)
+    hard, jest = report["methods"]["hard-learner-f0.8"], report["methods"]["jest-f0.8"]
+    ref_total = SPECS[CUR]["steps"] * SPECS[CUR]["flops"]
+    assert not hard["uses_reference"] and jest["uses_reference"]
+    assert hard["flops_to_target"] is not None
+    assert hard["flops_to_target_with_ref_training"] == pytest.approx(hard["flops_to_target"])
+    assert "flops_speedup_with_ref_training" not in hard["vs_baseline"]
+    assert jest["flops_to_target_with_ref_training"] == pytest.approx(
+        jest["flops_to_target"] + ref_total
+    )
+
+
+def test_a_seed_that_never_reaches_cannot_make_a_claim_hold():
+    from jestkit.report.inference import censor
+
+    assert censor(True, value_may_be_lower=True, value_may_be_higher=False) is None
+    assert censor(False, value_may_be_lower=True, value_may_be_higher=False) is False
+    assert censor(False, value_may_be_lower=False, value_may_be_higher=True) is None
+    assert censor(True, value_may_be_lower=False, value_may_be_higher=True) is True
+
+
+def test_environment_is_recorded(tmp_path):
+    import torch as _torch
+
+    root = make_suite(tmp_path, {k: SPECS[k] for k in ("uniform", "jest-f0.8")})
+    env = build_report(root, plots=False)["environment"]
+    for key in ("cpu_model", "torch", "numpy", "tokenizers", "threads_per_run", "jestkit_commit"):
+        assert key in env
+    assert env["torch"] == _torch.__version__ and "report" in env["source"]
+    suite = json.loads((root / "suite.json").read_text())
+    suite["environment"] = {"cpu_model": "Some CPU", "threads_per_run": 1, "torch": "2.13.0"}
+    (root / "suite.json").write_text(json.dumps(suite))
+    report = build_report(root, plots=False)
+    assert report["environment"]["cpu_model"] == "Some CPU"
+    assert report["environment"]["threads_per_run"] == 1
+    assert "Some CPU" in (root / "report.md").read_text()
+
+
+def test_lr_grid_states_the_grid_and_the_pick(tmp_path):
+    specs = {k: SPECS[k] for k in ("uniform", "jest-f0.8")}
+    specs["uniform"] = dict(specs["uniform"], tags={"lr": 0.001})
+    specs["uniform-lr0.003"] = dict(
+        SPECS["uniform"], top=0.30, tags={"sweep": "lr", "lr_of": "uniform", "lr": 0.003}
+    )
+    report = build_report(make_suite(tmp_path, specs), plots=False)
+    (row,) = report["lr_grid"]
+    assert row["baseline"] == "uniform" and row["baseline_lr"] == 0.001
+    assert row["pick"] == "uniform-lr0.003" and row["pick_lr"] == 0.003
+    assert not row["baseline_is_pick"]
+    assert [g["lr"] for g in row["grid"]] == [0.001, 0.003]
+    assert row["grid"][0]["minus_pick"]["estimate"] < 0
+    assert any("not the best of its learning-rate grid" in n for n in report["notes"])
+    assert "## Baseline learning-rate grid" in (tmp_path / "report.md").read_text()
+
+
+def test_markdown_shows_interval_and_verdict_beside_every_claim(full):
+    root, report = full
+    md = (root / "report.md").read_text()
+    rows = {line.split(" | ")[0][2:]: line for line in md.splitlines() if line.startswith("| ")}
+    for c in report["claims"]:
+        row = rows[c["id"]]
+        assert c["verdict"] in row
+        if c["ci"] is not None:
+            assert "[" in row and f"| {c['n']} |" in row
+    assert "**Decision rule.**" in md
+    uni = rows["jest-f0.8"]
+    assert "[" in uni and ("holds" in uni or "undecided" in uni)

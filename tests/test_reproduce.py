@@ -49,7 +49,7 @@ def test_report_has_the_promised_shape(suite):
         for key in ("final_metric", "final_metric_std", "steps_to_target", "flops_to_target"):
             assert key in m
     assert {c["claim"] for c in on_disk["claims"]} and all(
-        isinstance(c["holds"], bool) and c["measured"] for c in on_disk["claims"]
+        c["holds"] in (True, False, None) and c["measured"] for c in on_disk["claims"]
     )
     assert (out / "report.md").read_text().startswith("# JEST reproduction report")
     assert any((out / "plots").glob("*.png"))
@@ -62,15 +62,25 @@ def test_numbers_match_the_runs(suite):
     for r in runs:
         rows = read_metrics(out / r.dir / "metrics.jsonl")
         assert rows[-1]["final"] and rows[-1]["step"] == r.steps  # every run finished
-        finals.setdefault(r.method, []).append(rows[-1]["eval/retrieval_r1"])
-    target = statistics.mean(finals["uniform"])
+        # The final metric: the mean of the last three evaluations.
+        last = [v for step, v in evals(out / r.dir) if step > 0][-3:]
+        finals.setdefault(r.method, []).append(statistics.mean(last))
+    target = finals["uniform"][0]  # one seed: seed 0's target is uniform seed 0's final
     for method in REQUIRED:
         m = report["methods"][method]
         assert m["final_metric"] == pytest.approx(statistics.mean(finals[method]))
-        # steps_to_target: the first evaluated step reaching the uniform baseline's final metric.
+        # steps_to_target: where the curve crosses the target, linear between evaluations.
         run = next(r for r in runs if r.method == method)
-        hits = [step for step, v in evals(out / run.dir) if v >= target]
-        assert m["steps_to_target"] == (hits[0] if hits else None)
+        points = evals(out / run.dir)
+        step = next(
+            (
+                s1 if s0 is None else s0 + (target - v0) / (v1 - v0) * (s1 - s0)
+                for (s0, v0), (s1, v1) in zip([(None, -1.0), *points], points, strict=False)
+                if v1 >= target - 1e-9
+            ),
+            None,
+        )
+        assert m["steps_to_target_per_seed"][0] == pytest.approx(step)
 
 
 def test_scoring_runs_use_their_reference_cache(suite):

@@ -454,7 +454,7 @@ def reproduce(
     from tqdm import tqdm
 
     from jestkit.data import load_manifest
-    from jestkit.report import build_report
+    from jestkit.report import build_report, collect_environment
     from jestkit.stages import ensure_dataset, split_dir
 
     check(mode in SIZES, f"mode must be one of {sorted(SIZES)}, got {mode!r}")
@@ -497,6 +497,8 @@ def reproduce(
     jobs = jobs or max(1, min(2, os.cpu_count() or 1))
     threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or None
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    planned["environment"] = collect_environment(threads_per_run=threads, jobs=jobs)
+    previous.write_text(json.dumps(planned, indent=2))  # the report reads it from suite.json
     todo = [r for r in runs if final_record(suite / r.dir) is None]
     done_before = len(runs) - len(todo)
     bar = tqdm(
@@ -684,7 +686,7 @@ def run(args: argparse.Namespace) -> int:
         reuse=args.reuse,
     )
     for claim in report.get("claims", []):
-        mark = "holds" if claim["holds"] else "does not hold"
+        mark = claim.get("verdict") or ("holds" if claim["holds"] else "does not hold")
         print(f"- {claim['claim']}: {claim['measured']} ({mark})")
     return 0
 

@@ -12,18 +12,35 @@ import numpy as np
 
 from jestkit.errors import check
 from jestkit.report.claims import Claims, _fmt_opt
+from jestkit.report.environment import suite_environment
+from jestkit.report.inference import CONFIDENCE, POWER
 from jestkit.report.markdown import render_markdown
 from jestkit.report.plots import Plotter
 from jestkit.report.probe import load_probes
-from jestkit.report.stats import batch_sweep, bias_ablation, compute_methods, scorer_ablation
+from jestkit.report.stats import (
+    FINAL_EVALS,
+    batch_sweep,
+    bias_ablation,
+    compute_methods,
+    lr_grid,
+    scorer_ablation,
+)
 from jestkit.report.suite import DEFAULT_METRIC, Run, load_suite
 
 
-def build_report(suite_dir: str | Path, min_seeds: int = 2, plots: bool = True) -> dict[str, Any]:
+def build_report(
+    suite_dir: str | Path,
+    min_seeds: int = 2,
+    plots: bool = True,
+    final_evals: int | None = None,
+) -> dict[str, Any]:
     """Write report.json, report.md and plots/*.png into ``suite_dir``; return the report dict.
 
-    ``min_seeds``: finished seeds each compared method needs before a claim can hold (with one
-    seed there is no spread to beat). ``plots=False`` skips the figures (faster; for scripts).
+    ``min_seeds``: paired seeds a comparison needs before a claim can be decided (a t interval
+    needs 2). ``plots=False`` skips the figures (faster; for scripts). ``final_evals``: a run's
+    final metric is the mean of its last this many evaluations (default: suite.json's
+    ``final_evals``, else 3 for a reproduction and 1 for a suite without claims, whose final
+    metric is its last evaluation).
     """
     check(
         isinstance(min_seeds, int) and min_seeds >= 1,
@@ -32,11 +49,18 @@ def build_report(suite_dir: str | Path, min_seeds: int = 2, plots: bool = True) 
     suite_dir = Path(suite_dir)
     suite, runs = load_suite(suite_dir)
     metric = suite.get("target_metric") or DEFAULT_METRIC
-    methods = compute_methods(runs, metric)
+    has_claims = suite.get("claims", True) is not False
+    if final_evals is None:
+        final_evals = suite.get("final_evals") or (FINAL_EVALS if has_claims else 1)
+    check(
+        isinstance(final_evals, int) and final_evals >= 1,
+        f"final_evals must be an int >= 1, got {final_evals!r}",
+    )
+    methods = compute_methods(runs, metric, final_evals)
     claims_eval = Claims(methods, runs, min_seeds=min_seeds, metric_name=metric.split("/")[-1])
     # A suite that is not a reproduction (e.g. `jestkit pipeline` on a user's data) sets
     # "claims": false: the paper's claims table would only say "not measured".
-    claims = claims_eval.evaluate() if suite.get("claims", True) is not False else []
+    claims = claims_eval.evaluate() if has_claims else []
     fam = claims_eval.main_family()
     figures = Plotter(suite_dir / "plots", methods, metric, runs).all() if plots else []
 
@@ -58,6 +82,9 @@ def build_report(suite_dir: str | Path, min_seeds: int = 2, plots: bool = True) 
         "target_metric": metric,
         "suite_dir": str(suite_dir),
         "min_seeds": min_seeds,
+        "final_evals": final_evals,
+        "decision_rule": DECISION_RULE,
+        "environment": suite_environment(suite),
         "methods": {
             n: {k: v for k, v in m.items() if not k.startswith("_")} for n, m in methods.items()
         },
@@ -65,6 +92,7 @@ def build_report(suite_dir: str | Path, min_seeds: int = 2, plots: bool = True) 
         "batch_sweep": batch_sweep(methods, fam),
         "bias_ablation": bias_ablation(methods),
         "scorer_ablation": scorer_ablation(methods),
+        "lr_grid": lr_grid(methods),
         # Written by `python -m jestkit.analysis` into the suite folder, if it was run.
         "probes": load_probes(suite_dir),
         "runs": run_rows,
@@ -78,6 +106,18 @@ def build_report(suite_dir: str | Path, min_seeds: int = 2, plots: bool = True) 
     )
     (suite_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
     return report
+
+
+DECISION_RULE = (
+    f"Each comparison is paired by seed (seed s of both methods shares initial weights and "
+    f"super-batches): the mean of the per-seed differences (final metrics) or of the per-seed "
+    f"log ratios (steps, FLOPs, speed-ups; shown as geometric-mean ratios), with a two-sided "
+    f"{CONFIDENCE:.0%} t interval over the pairs (Welch's when two methods share fewer than 2 "
+    f"seeds). A claim holds when the interval lies beyond its threshold, does not hold when it "
+    f"lies short of it, and is undecided when it spans it or has fewer than 2 (min_seeds) pairs. "
+    f"MDE = (t_0.975,df + t_{POWER:.2f},df) x SE: the true distance from the threshold detected "
+    f"with {POWER:.0%} power (a factor on the ratio scale)."
+)
 
 
 def _clean(obj: Any) -> Any:
@@ -115,9 +155,15 @@ def _notes(runs: Sequence[Run], methods: dict[str, dict[str, Any]], metric: str)
                 f"method {name}: its baseline {m['baseline']!r} has no finished run, so it has "
                 "no target"
             )
-        if m.get("reference") and m["reference_training_flops"] is None:
+        if m.get("uses_reference") and m["reference_training_flops"] is None:
             notes.append(
                 f"method {name}: its reference {m['reference']!r} has no finished run, so "
                 "FLOPs with reference training are unknown"
+            )
+    for row in lr_grid(methods):
+        if not row["baseline_is_pick"]:
+            notes.append(
+                f"baseline {row['baseline']} (lr {row['baseline_lr']}) is not the best of its "
+                f"learning-rate grid: {row['pick']} (lr {row['pick_lr']}) ends higher"
             )
     return notes

@@ -42,42 +42,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
     if report["claims"]:
         lines += _claims(report)
-    lines += [
-        "## Methods",
-        "",
-        f"| method | seeds | final {short} (mean ± std) | baseline | steps to target (per seed) "
-        "| speed-up | baseline reached own final at | FLOPs to target | + reference training "
-        "| FLOP speed-up | noisy selected |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, m in report["methods"].items():
-        # Data without noise labels (every pool fraction 0): a selected fraction says nothing.
-        noisy = m["noisy_selected_frac"] if m.get("noisy_pool_frac") else None
-        per = m["steps_to_target_per_seed"]
-        per_txt = (
-            ""
-            if per is None
-            else " (" + "/".join(_cell(s) if s is not None else "never" for s in per) + ")"
-        )
-        lines.append(
-            f"| {name}{' (baseline)' if m['baseline'] == name else ''} | {m['seeds']} "
-            f"| {m['final_metric']:.4f} ± {m['final_metric_std']:.4f} | {_cell(m['baseline'])} "
-            f"| {_cell(m['steps_to_target'])}{per_txt} | {_cell(m['speedup'], '.2f')} "
-            f"| {_cell(m['baseline_steps_to_own_final'])} | {_cell(m['flops_to_target'], '.3g')} "
-            f"| {_cell(m['flops_to_target_with_ref_training'], '.3g')} "
-            f"| {_cell(m['flops_speedup'], '.2f')} | {_cell(noisy, '.3f')} |"
-        )
-    lines += [
-        "",
-        "Target = the baseline's final metric (mean over its seeds). Steps to target: the first "
-        "evaluated step at which a seed reaches it; the column gives the upper median over seeds "
-        "('–' when that median seed never reached it). Speed-up = the baseline's run length / "
-        "steps to target. FLOPs count learner training, learner scoring and reference inference "
-        "(the one-off reference cache build included); '+ reference training' adds the "
-        "reference model's own training run. FLOP speed-up = the baseline's total FLOPs / FLOPs to "
-        "target.",
-        "",
-    ]
+    lines += _methods(report, short)
     if report.get("final_eval_table"):
         lines += _final_eval(report)
     if report["batch_sweep"]:
@@ -104,31 +69,169 @@ def render_markdown(report: dict[str, Any]) -> str:
                 p["caption"],
                 "",
             ]
+    if report.get("lr_grid"):
+        lines += _lr_grid(report["lr_grid"])
+    if report.get("environment"):
+        lines += _environment(report["environment"])
     if report["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
     return "\n".join(lines)
+
+
+def _ci(c: dict[str, Any] | None, ratio: bool | None = None) -> str:
+    """'+0.012 [−0.004, +0.029]' or '2.41x [1.90x, 3.05x]' (a comparison's estimate and CI)."""
+    if not c or c.get("estimate") is None:
+        return "–"
+    ratio = c["scale"] == "ratio" if ratio is None else ratio
+
+    def f(v: float) -> str:
+        return f"{v:.2f}x" if ratio else f"{v:+.4f}"
+
+    ci = "" if c.get("ci") is None else f" [{f(c['ci'][0])}, {f(c['ci'][1])}]"
+    return f(c["estimate"]) + ci
+
+
+def _mde(c: dict[str, Any] | None) -> str:
+    if not c or c.get("mde") is None:
+        return "–"
+    return f"x{c['mde']:.2f}" if c["scale"] == "ratio" else f"{c['mde']:.4f}"
+
+
+def _verdict(v: bool | None) -> str:
+    return {True: "holds", False: "does not hold", None: "undecided"}[v]
+
+
+def _against(c: dict[str, Any] | None, threshold: float) -> str:
+    """The verdict of one comparison against a threshold, for the methods table."""
+    if not c or c.get("ci") is None:
+        return "undecided"
+    lo, hi = c["ci"]
+    return _verdict(True if lo > threshold else False if hi < threshold else None)
+
+
+def _methods(report: dict[str, Any], short: str) -> list[str]:
+    lines = [
+        "## Methods",
+        "",
+        f"| method | seeds | final {short} (mean ± std) | baseline | final − baseline [95% CI] "
+        "(> 0?) | steps to target (per seed) | speed-up [95% CI] | speed-up vs run length "
+        "| FLOPs to target | + reference training | FLOP speed-up [95% CI] | noisy selected |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in report["methods"].items():
+        # Data without noise labels (every pool fraction 0): a selected fraction says nothing.
+        noisy = m["noisy_selected_frac"] if m.get("noisy_pool_frac") else None
+        per = m["steps_to_target_per_seed"]
+        per_txt = (
+            ""
+            if per is None
+            else " (" + "/".join(_cell(s, ".0f") if s is not None else "never" for s in per) + ")"
+        )
+        vs = m.get("vs_baseline") or {}
+        is_base = m["baseline"] == name
+        diff = (
+            "–"
+            if is_base or "final" not in vs
+            else f"{_ci(vs['final'])} ({_against(vs['final'], 0.0)})"
+        )
+        never = (vs.get("speedup") or {}).get("never_reached")
+        bound = " (bound: a seed never reached)" if never else ""
+        sp = "–" if is_base else _ci(vs.get("speedup")) + bound
+        lines.append(
+            f"| {name}{' (baseline)' if is_base else ''} | {m['seeds']} "
+            f"| {m['final_metric']:.4f} ± {m['final_metric_std']:.4f} | {_cell(m['baseline'])} "
+            f"| {diff} | {_cell(m['steps_to_target'], '.0f')}{per_txt} | {sp} "
+            f"| {'–' if is_base else _ci(vs.get('speedup_vs_run_length'))} "
+            f"| {_cell(m['flops_to_target'], '.3g')} "
+            f"| {_cell(m['flops_to_target_with_ref_training'], '.3g')} "
+            f"| {'–' if is_base else _ci(vs.get('flops_speedup'))} | {_cell(noisy, '.3f')} |"
+        )
+    return [
+        *lines,
+        "",
+        f"Final metric: the mean of a run's last {report.get('final_evals', 1)} evaluations. "
+        "Everything against the baseline is paired by seed: seed s's target is the baseline's "
+        "seed-s final; steps (FLOPs) to target are interpolated linearly between evaluations "
+        "(the column: upper median over seeds). Speed-up: per seed, the baseline's steps to the "
+        "target — the least of its run length, the step at which it first reached its own final "
+        "and where a frontier run reached it — over the method's; geometric mean over seeds "
+        "with a 95% t interval. 'vs run length' divides the baseline's run length instead. FLOPs "
+        "count learner training, learner scoring and reference inference (the one-off reference "
+        "cache build included); '+ reference training' adds the reference model's own training "
+        "run, only for runs whose selection reads the reference. FLOP speed-up as the step "
+        "speed-up, on FLOPs. 'bound': a seed that never reached the target is counted at its run "
+        "length, so the figure is an upper bound.",
+        "",
+    ]
 
 
 def _claims(report: dict[str, Any]) -> list[str]:
     lines = [
         "## Claims (JEST.md §5, at this scale)",
         "",
-        "| # | claim | measured | holds |",
-        "|---|---|---|---|",
+        "| # | claim | threshold | estimate [95% CI] | n | MDE | verdict | measured |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c in report["claims"]:
-        holds = (
-            "**yes**" if c["holds"] else ("not measured" if c["status"] == "not measured" else "no")
+        ratio = c.get("threshold_scale") == "ratio"
+        thr = c.get("threshold")
+        thr_txt = "–" if thr is None else (f"{thr:g}x" if ratio else f"> {thr:+g}")
+        cmp = {"estimate": c.get("estimate"), "ci": c.get("ci"), "scale": c.get("threshold_scale"),
+               "mde": c.get("mde")}  # fmt: skip
+        verdict = c.get("verdict") or _verdict(c["holds"])
+        if verdict == "holds":
+            verdict = "**holds**"
+        lines.append(
+            f"| {c['id']} | {c['claim']} | {thr_txt} | {_ci(cmp)} | {c.get('n', '–')} "
+            f"| {_mde(cmp)} | {verdict} | {c['measured']} |"
         )
-        lines.append(f"| {c['id']} | {c['claim']} | {c['measured']} | {holds} |")
     return [
         *lines,
         "",
-        f"A comparison of final metrics holds when the difference of means exceeds the larger of "
-        f"the two standard deviations over seeds; a steps comparison likewise on per-seed steps "
-        f"(a seed that never reaches counts at its run length); a threshold (speed-up, FLOPs) "
-        f"holds when every seed meets it. Each side needs at least {report['min_seeds']} finished "
-        "seeds: with fewer there is no spread, and the claim is reported as not holding.",
+        "**Decision rule.** " + str(report.get("decision_rule") or ""),
+        f"A comparison needs at least {report['min_seeds']} paired seeds to be decided. A seed "
+        "that never reached a target is counted at its run length (a bound): a verdict it could "
+        "overturn is reported as undecided. Estimate, interval, n and MDE are those of the "
+        "comparison that decided the claim (the weakest, for a claim made of several).",
+        "",
+    ]
+
+
+def _lr_grid(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Baseline learning-rate grid", ""]
+    for r in rows:
+        lines += [
+            f"Baseline `{r['baseline']}` (lr {_cell(r['baseline_lr'], 'g')}); pick: "
+            f"`{r['pick']}` (lr {_cell(r['pick_lr'], 'g')}, the best mean final)"
+            + ("" if r["baseline_is_pick"] else " — **the baseline is not the pick**")
+            + ".",
+            "",
+            "| method | lr | final (mean ± std, n) | minus the pick [95% CI] |",
+            "|---|---|---|---|",
+        ]
+        for g in r["grid"]:
+            lines.append(
+                f"| {g['method']} | {_cell(g['lr'], 'g')} | {g['final']:.4f} ± "
+                f"{g['final_std']:.4f} ({g['seeds']}) | "
+                f"{'–' if g['method'] == r['pick'] else _ci(g['minus_pick'])} |"
+            )
+        lines.append("")
+    return lines
+
+
+def _environment(env: dict[str, Any]) -> list[str]:
+    keys = ("cpu_model", "cpu_count", "threads_per_run", "jobs", "torch", "numpy", "tokenizers",
+            "python", "platform", "jestkit_commit")  # fmt: skip
+    return [
+        "## Environment",
+        "",
+        f"Source: {env.get('source', 'suite.json')}. CPU runs are bit-identical only on the same "
+        "CPU model, library versions and threads per run; elsewhere they reproduce "
+        "statistically (within the intervals above).",
+        "",
+        "| " + " | ".join(keys) + " |",
+        "|" + "---|" * len(keys),
+        "| " + " | ".join(_cell(env.get(k)) for k in keys) + " |",
         "",
     ]
 
@@ -175,7 +278,7 @@ def _batch_sweep(points: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## Batch-size sweep (joint - independent, f=0.8)",
         "",
-        "| b | steps | jest | independent | gap ± std | seeds | paired | noisy selected: jest / "
+        "| b | steps | jest | independent | gap ± std [95% CI] | seeds | paired | noisy selected: jest / "
         "indep |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -183,7 +286,8 @@ def _batch_sweep(points: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {p['x']} | {_cell(p.get('steps'))} | {p['joint']:.4f} ± {p['joint_std']:.4f} "
             f"| {p['independent']:.4f} ± {p['independent_std']:.4f} "
-            f"| {p['gap']:+.4f} ± {p['gap_std']:.4f} | {p['seeds']} | {p['paired']} "
+            f"| {p['gap']:+.4f} ± {p['gap_std']:.4f} {_ci(p.get('comparison'))} | {p['seeds']} "
+            f"| {p['paired']} "
             f"| {_cell(p.get('jest_noisy_selected_frac'), '.3f')} / "
             f"{_cell(p.get('independent_noisy_selected_frac'), '.3f')} |"
         )
@@ -245,7 +349,8 @@ def _bias(rows: list[dict[str, Any]]) -> list[str]:
     for label, g in sorted(gaps.items()):
         lines.append(
             f"\nJoint - independent with the {label} bias init: {g['gap']:+.4f} ± "
-            f"{g['gap_std']:.4f} (n={g['seeds']}, {'paired' if g['paired'] else 'unpaired'})."
+            f"{g['gap_std']:.4f}, 95% CI {_ci(g.get('comparison'))} "
+            f"(n={g['seeds']}, {'paired' if g['paired'] else 'unpaired'})."
         )
     return [*lines, ""]
 
@@ -260,14 +365,14 @@ def _scorers(rows: list[dict[str, Any]]) -> list[str]:
         "reused from another suite certainly did): the side-by-side timing probe is the wall-time "
         "measurement.",
         "",
-        "| method | scorer | final (n) | full-scoring run: final (n) | difference ± std "
+        "| method | scorer | final (n) | full-scoring run: final (n) | difference ± std [95% CI] "
         "| noisy selected: cheap / full | scoring FLOPs / full's | total FLOPs / full's "
         "| step time / full's | steps to target: cheap / full |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         g = r.get("gap")
-        diff = "–" if not g else f"{g['gap']:+.4f} ± {g['gap_std']:.4f}"
+        diff = "–" if not g else f"{g['gap']:+.4f} ± {g['gap_std']:.4f} {_ci(g.get('comparison'))}"
         full = (
             "–"
             if r.get("compare_final") is None

@@ -197,7 +197,7 @@ class Plotter:
             if not keep.any():
                 continue
             _band(axes[0], xs[keep], ys[:, keep], n, **self._style(n))
-            ref = m["reference_training_flops"] if m.get("reference") else 0.0
+            ref = m["reference_training_flops"] if m.get("uses_reference") else 0.0
             if ref is not None:
                 _band(axes[1], xs[keep] + ref, ys[:, keep], n, **self._style(n))
             drawn += 1

@@ -5,15 +5,19 @@ The definitions are in the package docstring (``jestkit.report``) and docs/repro
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from jestkit.errors import check
+from jestkit.errors import JestkitError, check
+from jestkit.report.inference import PAIRED, compare
 from jestkit.report.suite import Run, _finite
+from jestkit.scoring import criterion_weights
 
 REACH_RTOL = 1e-9  # "reached" tolerates float rounding of the baseline's mean
+FINAL_EVALS = 3  # the final metric: mean of this many last evaluations
 INF = math.inf
 
 # ----------------------------------------------------------------------------------------------
@@ -66,6 +70,58 @@ def first_reach(points: Sequence[dict[str, float]], target: float) -> dict[str, 
     return None
 
 
+def reach(points: Sequence[dict[str, float]], target: float) -> dict[str, float] | None:
+    """Where a run first reaches ``target``, linearly interpolated between evaluations.
+
+    Step, examples and FLOPs at the crossing between the last evaluation below the target and the
+    first one at or above it (a coarse eval grid would otherwise round every speed-up to a ratio
+    of grid steps). None if no evaluation reaches it.
+    """
+    threshold = target - REACH_RTOL * max(1.0, abs(target))
+    prev: dict[str, float] | None = None
+    for p in points:
+        v = p["value"]
+        if math.isnan(v):
+            continue
+        if v >= threshold:
+            if prev is None or v == prev["value"]:
+                return {k: p[k] for k in ("step", "examples", "flops")}
+            w = min(1.0, max(0.0, (target - prev["value"]) / (v - prev["value"])))
+            return {k: prev[k] + w * (p[k] - prev[k]) for k in ("step", "examples", "flops")}
+        prev = p
+    return None
+
+
+def final_value(points: Sequence[dict[str, float]], last: int) -> float:
+    """A run's final metric: the mean of its last ``last`` evaluations after step 0.
+
+    One noisy evaluation then does not decide a target or a comparison. A run evaluated only
+    at step 0 falls back to that evaluation.
+    """
+    vals = [p["value"] for p in points if p["step"] > 0 and not math.isnan(p["value"])]
+    if not vals:
+        vals = [p["value"] for p in points if not math.isnan(p["value"])]
+    if not vals:
+        return math.nan
+    tail = vals[-last:]
+    return math.fsum(tail) / len(tail)
+
+
+def uses_reference(info: dict[str, Any]) -> bool:
+    """Whether a run's selection reads its reference (so its training FLOPs are charged to it).
+
+    Uniform never does; hard-learner scores with the learner alone, whatever reference the
+    suite names for it.
+    """
+    if not info.get("reference") or (info.get("selection") or "uniform") == "uniform":
+        return False
+    crit = info.get("criterion") or "learnability"
+    try:
+        return any(name == "reference" for name, _ in criterion_weights(crit))
+    except (JestkitError, KeyError):
+        return True  # an unknown criterion: charge the reference rather than flatter the run
+
+
 def per_step_flops(run: Run) -> float | None:
     """FLOPs of one training step, from the ledger's totals (one-off reference cache excluded)."""
     lines = [r for r in run.step_lines() if "flops/total" in r]
@@ -79,10 +135,6 @@ def median_step_time(run: Run) -> float | None:
     times = [_finite(r.get("step_time")) for r in run.step_lines()]
     times = [t for t in times if not math.isnan(t)]
     return statistics.median(times) if times else None
-
-
-def _round_int(v: float | None) -> int | None:
-    return None if v is None else int(v)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,12 +162,37 @@ def _method_info(runs: Sequence[Run]) -> dict[str, Any]:
     return info
 
 
-def compute_methods(runs: Sequence[Run], metric: str) -> dict[str, dict[str, Any]]:
-    """Every method with at least one finished run: finals, targets, speed-ups, costs."""
+def frontier_of(info: dict[str, Any]) -> str | None:
+    """The baseline method a run is a frontier point of (tag ``frontier_of``), else None.
+
+    A frontier run is the baseline trained with its whole learning-rate schedule compressed into
+    fewer steps (``steps`` = where its schedule ends): the best the baseline does *given* that
+    many steps, which a baseline whose schedule ends later understates at that step.
+    """
+    tags = info.get("tags") or {}
+    return tags.get("frontier_of") or None
+
+
+def compute_methods(
+    runs: Sequence[Run], metric: str, final_evals: int = FINAL_EVALS
+) -> dict[str, dict[str, Any]]:
+    """Every method with at least one finished run: finals, targets, speed-ups, costs.
+
+    Everything relative to the baseline is paired by seed: seed s's target is the baseline's
+    seed-s final metric (the baseline's mean final when it has no seed s), and the baseline's
+    steps (FLOPs) to that target are the least of its run length (total FLOPs), the step (FLOPs)
+    at which its seed s itself first reached it, and where any of its frontier runs (tag
+    ``frontier_of``; the same seed when there is one) first reached it.
+    """
     by_method: dict[str, list[Run]] = {}
     for run in runs:
         by_method.setdefault(run.method, []).append(run)
     baselines_used = {r.info.get("baseline") for r in runs} - {None}
+    frontier: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.status == "finished" and frontier_of(run.info):
+            frontier.setdefault(str(frontier_of(run.info)), []).append(run)
+    points = {r.name: eval_points(r.records, metric) for r in runs if r.status == "finished"}
 
     # Pass 1: what each method measured by itself.
     out: dict[str, dict[str, Any]] = {}
@@ -124,15 +201,12 @@ def compute_methods(runs: Sequence[Run], metric: str) -> dict[str, dict[str, Any
         if not done:
             continue
         m = _method_info(all_runs)
-        finals = [_finite(r.final[metric]) for r in done]
+        finals = [final_value(points[r.name], final_evals) for r in done]
         mean, std = mean_std(finals)
         baseline = m["baseline"] or (name if name in baselines_used else None)
         totals = [_finite(r.final.get("flops/total")) for r in done]
         # When each seed first reached the value it ended at (its saturation point).
-        own = [
-            first_reach(eval_points(r.records, metric), f)
-            for r, f in zip(done, finals, strict=True)
-        ]
+        own = [reach(points[r.name], f) for r, f in zip(done, finals, strict=True)]
         own_steps = [None if p is None else p["step"] for p in own]
         m.update(
             {
@@ -140,15 +214,23 @@ def compute_methods(runs: Sequence[Run], metric: str) -> dict[str, dict[str, Any
                 "seed_ids": [r.seed for r in done],
                 "runs": [r.name for r in done],
                 "unfinished_runs": [r.name for r in all_runs if r.status != "finished"],
+                "final_evals": final_evals,
                 "final_metric": mean,
                 "final_metric_std": std,
                 "final_metric_min": min(finals),
                 "final_metric_max": max(finals),
                 "final_metric_per_seed": finals,
+                "final_metric_last_eval_per_seed": [_finite(r.final[metric]) for r in done],
                 "final_eval": _final_eval(done),
                 "steps_to_own_final_per_seed": own_steps,
-                "steps_to_own_final": _round_int(median_high(own_steps)),
+                "steps_to_own_final": median_high(own_steps),
+                "flops_to_own_final_per_seed": [None if p is None else p["flops"] for p in own],
+                "run_steps_per_seed": [r.steps for r in done],
+                "total_flops_per_seed": totals,
                 "baseline": baseline,
+                "uses_reference": uses_reference(m),
+                "frontier_of": frontier_of(all_runs[0].info),
+                "lr": _lr(done[0]),
                 "steps": m["steps"] if m["steps"] is not None else done[0].steps,
                 "total_flops": mean_std(totals)[0],
                 "flops_per_step": _mean_of(per_step_flops(r) for r in done),
@@ -159,61 +241,141 @@ def compute_methods(runs: Sequence[Run], metric: str) -> dict[str, dict[str, Any
             }
         )
         m["_runs"], m["_name"] = done, name
+        m["_final_by_seed"] = dict(zip(m["seed_ids"], finals, strict=True))
         out[name] = m
 
     # Pass 2: everything relative to the baseline and the reference.
     for m in out.values():
         base = out.get(m["baseline"]) if m["baseline"] else None
         ref = out.get(m["reference"]) if m.get("reference") else None
-        target = base["final_metric"] if base else None
-        per_seed = [
-            first_reach(eval_points(r.records, metric), target) if base else None
-            for r in m["_runs"]
-        ]
-        steps = [None if p is None else p["step"] for p in per_seed]
-        flops = [None if p is None else p["flops"] for p in per_seed]
-        examples = [None if p is None else p["examples"] for p in per_seed]
-        m["target"] = target
-        m["steps_to_target_per_seed"] = steps if base else None
-        m["seeds_reaching_target"] = sum(s is not None for s in steps) if base else None
-        m["steps_to_target"] = _round_int(median_high(steps)) if base else None
-        m["flops_to_target_per_seed"] = flops if base else None
-        m["flops_to_target"] = median_high(flops) if base else None
-        m["examples_to_target"] = median_high(examples) if base else None
         m["reference_training_flops"] = ref["total_flops"] if ref else None
-        needs_ref = bool(m.get("reference"))
-        if m["flops_to_target"] is None:
-            m["flops_to_target_with_ref_training"] = None
-        elif not needs_ref:
-            m["flops_to_target_with_ref_training"] = m["flops_to_target"]
-        else:
-            ref_flops = m["reference_training_flops"]
-            m["flops_to_target_with_ref_training"] = (
-                None if ref_flops is None else m["flops_to_target"] + ref_flops
-            )
+        m["target"] = base["final_metric"] if base else None
+        m["final_minus_baseline"] = (m["final_metric"] - m["target"]) if base else None
         m["baseline_steps"] = base["steps"] if base else None
         m["baseline_total_flops"] = base["total_flops"] if base else None
         m["baseline_final_metric_std"] = base["final_metric_std"] if base else None
         m["baseline_seeds"] = base["seeds"] if base else None
-        m["speedup"] = m["speedup_vs_baseline_saturation"] = m["flops_speedup"] = None
-        m["wall_ratio_vs_baseline"] = m["flop_ratio_vs_baseline"] = None
-        m["final_minus_baseline"] = (m["final_metric"] - target) if base else None
-    for m in out.values():
-        base = out.get(m["baseline"]) if m["baseline"] else None
-        if base is None:
-            continue
-        m["baseline_steps_to_own_final"] = base["steps_to_own_final"]
-        s = m["steps_to_target"]
-        if s:
-            m["speedup"] = _ratio(base["steps"], s)
-            m["speedup_vs_baseline_saturation"] = _ratio(base["steps_to_own_final"], s)
-        if m["flops_to_target"]:
-            m["flops_speedup"] = _ratio(base["total_flops"], m["flops_to_target"])
-        m["wall_ratio_vs_baseline"] = _ratio(m["step_time_s"], base["step_time_s"])
-        m["flop_ratio_vs_baseline"] = _ratio(m["flops_per_step"], base["flops_per_step"])
-    for m in out.values():
-        m.setdefault("baseline_steps_to_own_final", None)
+        m["baseline_steps_to_own_final"] = base["steps_to_own_final"] if base else None
+        m["wall_ratio_vs_baseline"] = (
+            _ratio(m["step_time_s"], base["step_time_s"]) if base else None
+        )
+        m["flop_ratio_vs_baseline"] = (
+            _ratio(m["flops_per_step"], base["flops_per_step"]) if base else None
+        )
+        _vs_baseline(m, base, points, frontier.get(m["baseline"] or "", []), final_evals)
     return out
+
+
+def _vs_baseline(
+    m: dict[str, Any],
+    base: dict[str, Any] | None,
+    points: dict[str, list[dict[str, float]]],
+    frontier_runs: list[Run],
+    final_evals: int,
+) -> None:
+    """Per-seed targets, steps/FLOPs to them (interpolated), and the paired comparisons."""
+    keys = (
+        "target_per_seed", "steps_to_target_per_seed", "flops_to_target_per_seed",
+        "examples_to_target_per_seed", "baseline_steps_to_target_per_seed",
+        "baseline_flops_to_target_per_seed", "seeds_reaching_target", "steps_to_target",
+        "flops_to_target", "examples_to_target", "flops_to_target_with_ref_training",
+        "speedup", "speedup_vs_run_length", "speedup_vs_baseline_saturation", "flops_speedup",
+    )  # fmt: skip
+    for k in keys:
+        m[k] = None
+    m["vs_baseline"] = {}
+    if base is None:
+        return
+    bfin = base["_final_by_seed"]
+    bruns = {r.seed: r for r in base["_runs"]}
+    bown = dict(zip(base["seed_ids"], base["steps_to_own_final_per_seed"], strict=True))
+    bown_f = dict(zip(base["seed_ids"], base["flops_to_own_final_per_seed"], strict=True))
+    targets, hits, b_steps, b_flops, b_len = [], [], [], [], []
+    for r in m["_runs"]:
+        t = bfin.get(r.seed, base["final_metric"])
+        targets.append(t)
+        hits.append(reach(points[r.name], t))
+        if r.seed not in bruns:  # no paired baseline seed: no baseline figure for this seed
+            b_steps.append(None)
+            b_flops.append(None)
+            b_len.append(None)
+            continue
+        br = bruns[r.seed]
+        length = float(br.steps or base["steps"])
+        total = _finite(br.final.get("flops/total"))
+        same = [f for f in frontier_runs if f.seed == r.seed] or frontier_runs
+        fr = [reach(points[f.name], t) for f in same]
+        cand_s = [length, bown.get(r.seed)] + [p["step"] for p in fr if p is not None]
+        cand_f = [total, bown_f.get(r.seed)] + [p["flops"] for p in fr if p is not None]
+        b_steps.append(min(v for v in cand_s if v is not None and not math.isnan(v)))
+        cand_f = [v for v in cand_f if v is not None and not math.isnan(v)]
+        b_flops.append(min(cand_f) if cand_f else None)
+        b_len.append(length)
+    steps = [None if p is None else p["step"] for p in hits]
+    flops = [None if p is None else p["flops"] for p in hits]
+    seeds = m["seed_ids"]
+    m["target_per_seed"] = targets
+    m["steps_to_target_per_seed"] = steps
+    m["flops_to_target_per_seed"] = flops
+    m["examples_to_target_per_seed"] = [None if p is None else p["examples"] for p in hits]
+    m["baseline_steps_to_target_per_seed"] = b_steps
+    m["baseline_flops_to_target_per_seed"] = b_flops
+    m["seeds_reaching_target"] = sum(s is not None for s in steps)
+    m["steps_to_target"] = median_high(steps)
+    m["flops_to_target"] = median_high(flops)
+    m["examples_to_target"] = median_high(m["examples_to_target_per_seed"])
+    ref_flops = m["reference_training_flops"] if m["uses_reference"] else 0.0
+    if m["flops_to_target"] is not None and ref_flops is not None:
+        m["flops_to_target_with_ref_training"] = m["flops_to_target"] + ref_flops
+
+    # A seed that never reached the target is counted at its own run length (total FLOPs): a
+    # lower bound on its true steps, so its speed-up is an upper bound (see ``censor``).
+    never = [s for s, st in zip(seeds, steps, strict=True) if st is None]
+    lengths = dict(zip(seeds, m["run_steps_per_seed"], strict=True))
+    totals = dict(zip(seeds, m["total_flops_per_seed"], strict=True))
+    t_c = {s: float(lengths[s]) if st is None else st for s, st in zip(seeds, steps, strict=True)}
+    f_c = {s: totals[s] if f is None else f for s, f in zip(seeds, flops, strict=True)}
+    paired_b = {s: v for s, v in zip(seeds, b_steps, strict=True) if v is not None}
+    paired_bf = {s: v for s, v in zip(seeds, b_flops, strict=True) if v is not None}
+    own_base = {s: v for s, v in bown.items() if v is not None}
+    base_totals = dict(zip(base["seed_ids"], base["total_flops_per_seed"], strict=True))
+    vs: dict[str, Any] = {
+        "final": compare(m["_final_by_seed"], bfin, "difference"),
+        "speedup": compare(paired_b, t_c, "ratio"),
+        "speedup_vs_run_length": compare(
+            {s: v for s, v in zip(seeds, b_len, strict=True) if v is not None}, t_c, "ratio"
+        ),
+        "speedup_vs_baseline_saturation": compare(own_base, t_c, "ratio"),
+        "flops_speedup": compare(paired_bf, f_c, "ratio"),
+        "flops_speedup_vs_total": compare(
+            {s: v for s, v in base_totals.items() if s in set(seeds)}, f_c, "ratio"
+        ),
+    }
+    if m["uses_reference"] and m["reference_training_flops"] is not None:
+        vs["flops_speedup_with_ref_training"] = compare(
+            paired_bf, {s: v + m["reference_training_flops"] for s, v in f_c.items()}, "ratio"
+        )
+    for k, c in vs.items():
+        if k != "final":
+            c["never_reached"] = never
+    m["vs_baseline"] = vs
+    if not never:  # the scalars only when every seed reached (else the ratio is a bound)
+        m["speedup"] = vs["speedup"]["estimate"]
+        m["speedup_vs_run_length"] = vs["speedup_vs_run_length"]["estimate"]
+        m["speedup_vs_baseline_saturation"] = vs["speedup_vs_baseline_saturation"]["estimate"]
+        m["flops_speedup"] = vs["flops_speedup"]["estimate"]
+
+
+def _lr(run: Run) -> float | None:
+    """A run's peak learning rate: its tags' or suite entry's ``lr``, else its config.json."""
+    for v in ((run.info.get("tags") or {}).get("lr"), run.info.get("lr")):
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    try:
+        cfg = json.loads((run.dir / "config.json").read_text(encoding="utf-8"))
+        return float(cfg["optim"]["lr"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -246,26 +408,27 @@ def _final_eval(done: Sequence[Run]) -> dict[str, dict[str, float]]:
 
 
 def gap(joint: dict[str, Any], indep: dict[str, Any]) -> dict[str, Any]:
-    """Joint - independent final-metric gap with its spread.
+    """Joint - independent final-metric gap with its spread and 95% interval.
 
-    Paired by seed when both ran the same seeds (std of the per-seed differences), otherwise
-    the difference of means with std sqrt(std_j^2 + std_i^2).
+    Paired by seed over the seeds both ran (std of the per-seed differences) when they share at
+    least two; otherwise the difference of means with std sqrt(std_j^2 + std_i^2) and Welch's
+    interval.
     """
-    pj = dict(zip(joint["seed_ids"], joint["final_metric_per_seed"], strict=True))
-    pi = dict(zip(indep["seed_ids"], indep["final_metric_per_seed"], strict=True))
-    common = sorted(set(pj) & set(pi))
-    if common and len(common) == len(pj) == len(pi):
-        g, s = mean_std([pj[k] - pi[k] for k in common])
-        paired = True
+    cmp = compare(joint["_final_by_seed"], indep["_final_by_seed"], "difference")
+    paired = cmp["test"] == PAIRED
+    if paired:
+        g, s = cmp["estimate"], cmp["sd"] if cmp["sd"] is not None else 0.0
     else:
         g = joint["final_metric"] - indep["final_metric"]
         s = math.hypot(joint["final_metric_std"], indep["final_metric_std"])
-        paired = False
     return {
         "gap": g,
         "gap_std": s,
         "paired": paired,
-        "seeds": min(joint["seeds"], indep["seeds"]),
+        "seeds": cmp["n"] if paired else min(joint["seeds"], indep["seeds"]),
+        "ci": cmp["ci"],
+        "mde": cmp["mde"],
+        "comparison": cmp,
         "joint": joint["final_metric"],
         "joint_std": joint["final_metric_std"],
         "independent": indep["final_metric"],
@@ -456,4 +619,46 @@ def scorer_ablation(methods: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 "gap": gap(m, full) if m["seeds"] and full["seeds"] else None,
             }
         rows.append(row)
+    return rows
+
+
+def lr_grid(methods: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each baseline's learning-rate grid and its pick (the best mean final metric).
+
+    Grid members are methods tagged ``sweep: lr`` with ``lr_of: <baseline method>``; the
+    baseline itself is a member too. Each member is compared with the pick, paired by seed:
+    a baseline that is not the pick is a weaker baseline than the suite could have had.
+    """
+    groups: dict[str, list[str]] = {}
+    for name, m in methods.items():
+        of = m["tags"].get("lr_of")
+        if m["tags"].get("sweep") == "lr" and of:
+            groups.setdefault(str(of), []).append(name)
+    rows = []
+    for base, names in sorted(groups.items()):
+        members = ([base] if base in methods else []) + sorted(names)
+        pick = max(members, key=lambda n: methods[n]["final_metric"])
+        grid = [
+            {
+                "method": n,
+                "lr": methods[n]["lr"],
+                "final": methods[n]["final_metric"],
+                "final_std": methods[n]["final_metric_std"],
+                "seeds": methods[n]["seeds"],
+                "minus_pick": compare(
+                    methods[n]["_final_by_seed"], methods[pick]["_final_by_seed"], "difference"
+                ),
+            }
+            for n in sorted(members, key=lambda n: methods[n]["lr"] or 0.0)
+        ]
+        rows.append(
+            {
+                "baseline": base,
+                "baseline_lr": methods[base]["lr"] if base in methods else None,
+                "pick": pick,
+                "pick_lr": methods[pick]["lr"],
+                "baseline_is_pick": pick == base,
+                "grid": grid,
+            }
+        )
     return rows
