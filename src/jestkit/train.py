@@ -68,6 +68,7 @@ from jestkit.models import (
     load_pretrained,
     model_fingerprint,
 )
+from jestkit.models.factory import create_factory_model, is_factory
 from jestkit.scorers import LiveScorer, make_learner_scorer
 from jestkit.scoring import Embeddings
 from jestkit.selection import Selector, make_selector
@@ -345,7 +346,9 @@ def train(
 
     # Data: the embedded dataset is prepared on first use, in the cache folder.
     # Under torchrun rank 0 prepares shared files first; the others then find them ready.
-    dataset_dir = main_first(world, lambda: ensure_dataset(cfg.data, verbose=world.is_main))
+    dataset_dir = main_first(
+        world, lambda: ensure_dataset(cfg.data, verbose=world.is_main, model=cfg.model)
+    )
     manifest = load_manifest(dataset_dir)
     train_dir = split_dir(dataset_dir, manifest, cfg.data.train_split)
 
@@ -357,6 +360,9 @@ def train(
         check(
             not diffs, f"--resume {str(ckpt)!r} was written by another config: " + "; ".join(diffs)
         )
+    elif is_factory(cfg.model.name):  # your own open_clip-style model: its tokenizer too (#14)
+        model, tokenizer = create_factory_model(cfg.model.name)
+        state = None
     else:
         tokenizer = Tokenizer.train(
             read_captions(train_dir),

@@ -737,6 +737,13 @@ def build_index(
     from tqdm import tqdm
 
     info = read_split_info(split_dir)
+    if info.get("layout") == "img2dataset":  # a view over standard webdataset shards
+        from jestkit.data.img2dataset import load_view_index
+
+        view = load_view_index(info, strict)
+        if view.bad.total:
+            warnings.warn(f"{view.split_dir}: {view.bad.summary()}", BadRecordWarning, stacklevel=3)
+        return view
     d = Path(info["dir"])
     shape = (int(info["in_channels"]), int(info["image_size"]), int(info["image_size"]))
     shards = list(info["shards"])
