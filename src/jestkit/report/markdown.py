@@ -40,6 +40,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             ),
             "",
         ]
+    for section in report.get("sections") or []:
+        lines += [f"## {section['title']}", "", *section["lines"], ""]
     if report["claims"]:
         lines += _claims(report)
     lines += [
@@ -60,7 +62,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             else " (" + "/".join(_cell(s) if s is not None else "never" for s in per) + ")"
         )
         lines.append(
-            f"| {name}{' (baseline)' if m['baseline'] == name else ''} | {m['seeds']} "
+            f"| {name}{' (baseline)' if m['baseline'] == name else ''}"
+            f"{' (near chance)' if m.get('near_chance') else ''} | {m['seeds']} "
             f"| {m['final_metric']:.4f} ± {m['final_metric_std']:.4f} | {_cell(m['baseline'])} "
             f"| {_cell(m['steps_to_target'])}{per_txt} | {_cell(m['speedup'], '.2f')} "
             f"| {_cell(m['baseline_steps_to_own_final'])} | {_cell(m['flops_to_target'], '.3g')} "
