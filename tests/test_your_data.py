@@ -178,6 +178,25 @@ def test_factory_model_as_learner_and_as_pretrained_reference(shards, tmp_path):
     assert final["step"] == 4 and final["flops/reference"] > 0
 
 
+def test_pipeline_with_your_model_as_learner_and_pretrained_reference(shards, tmp_path):
+    from jestkit.pipeline import pipeline
+
+    root, _ = shards
+    out = tmp_path / "run"
+    result = pipeline(
+        root / "pool", root / "curated", root / "eval", out, model=TOY, reference=TOY,
+        steps=6, progress=False, plots=False,
+    )  # fmt: skip
+    assert result["stages"]["reference"] == "pretrained" and set(result["runs"]) == {"jest"}
+    assert not (out / "runs" / "reference").exists()  # not trained
+    assert result["diagnostic"]["weak"]  # an untrained toy model cannot guide selection
+    report = (out / "report.md").read_text()
+    assert "is weak on this pool" in report and "torch.utils.flop_counter" in report
+    with pytest.raises(JestkitError, match=r"--reference 'nowhere': not a model folder"):
+        pipeline(root / "pool", root / "curated", root / "eval", tmp_path / "x",
+                 reference="nowhere", progress=False)  # fmt: skip
+
+
 def test_factory_errors_name_the_path_and_what_is_missing():
     from jestkit.models import load_pretrained
 

@@ -93,8 +93,12 @@ def diagnose(
     reference: str,
     max_examples: int = 2000,
     seed: int = 0,
+    trained_on_curated: bool = True,
 ) -> dict[str, Any]:
-    """Measure the reference on CURATED, EVAL and POOL and give a verdict with what would help."""
+    """Measure the reference on CURATED, EVAL and POOL and give a verdict with what would help.
+
+    ``trained_on_curated=False``: a pretrained reference (CURATED is then unseen data too).
+    """
     m = {name: measure(model, tokenizer, d, max_examples, seed) for name, d in splits.items()}
     pool, ev = m["pool"], m["eval"]
     cur = m.get("curated")
@@ -112,7 +116,8 @@ def diagnose(
     weak = bool(reasons)
     if weak:
         if (
-            cur is not None
+            trained_on_curated
+            and cur is not None
             and cur["pair_auc"] >= 0.75
             and cur["pair_auc"] - pool["pair_auc"] > 0.15
         ):
@@ -141,7 +146,14 @@ def diagnose(
             f"{pool['pair_auc']:.2f}) and retrieves on EVAL above chance (R@1 "
             f"{ev['retrieval_r1']:.3f}, chance {ev['chance_r1']:.4f}): it can guide selection."
         )
-    return {"weak": weak, "verdict": verdict, "helps": helps, "splits": m, "reference": reference}
+    return {
+        "weak": weak,
+        "verdict": verdict,
+        "helps": helps,
+        "splits": m,
+        "reference": reference,
+        "trained_on_curated": trained_on_curated,
+    }
 
 
 def lines(d: dict[str, Any]) -> list[str]:
@@ -152,7 +164,9 @@ def lines(d: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|",
     ]
     what = {
-        "curated": "CURATED (its training data)",
+        "curated": "CURATED (its training data)"
+        if d.get("trained_on_curated", True)
+        else "CURATED",
         "eval": "EVAL (held out)",
         "pool": "POOL (unseen, noisy)",
     }

@@ -36,7 +36,9 @@ def run_diagnostic(out: Path, inputs: dict[str, Input], opts: PipelineOptions) -
             pass
     name = opts.reference or "trained on CURATED"
     splits = {n: Path(inputs[n].split_dir) for n in ("curated", "eval", "pool")}
-    d = diagnose(model, tokenizer, splits, name, seed=opts.seed)
+    d = diagnose(
+        model, tokenizer, splits, name, seed=opts.seed, trained_on_curated=not opts.reference
+    )
     d["fingerprint"] = fp
     write_json(path, d)
     return d
