@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from jestkit.api import (
+    BatchSelector,
     Embeddings,
     JestkitError,
-    JestSelector,
     model_embeddings,
     multires_image_embeddings,
 )
@@ -130,7 +130,7 @@ def test_plain_loop_trains_with_jest():
     reference.eval()
 
     learner = TinyCLIP(seed=11)
-    jest = JestSelector(criterion="learnability", filter_ratio=0.8, n_chunks=4)
+    jest = BatchSelector(criterion="learnability", filter_ratio=0.8, n_chunks=4)
     before = eval_loss(learner, *held_out[:2])
     chosen, rows = train_steps(learner, pool_images, pool_tokens, 40, 32, 5, jest, reference)
     after = eval_loss(learner, *held_out[:2])
@@ -176,7 +176,7 @@ def test_select_equals_joint_sample_embeddings(patch_size):
     def gen():
         return torch.Generator().manual_seed(7)
 
-    ordered = JestSelector(n_chunks=4, temperature=0.5, sort_indices=False)
+    ordered = BatchSelector(n_chunks=4, temperature=0.5, sort_indices=False)
     idx, stats = ordered.select(
         learner, reference, images, tokens, 32, gen(), patch_size=patch_size
     )
@@ -187,7 +187,7 @@ def test_select_equals_joint_sample_embeddings(patch_size):
     assert torch.equal(cached, slow)
     assert stats["batch_size"] == 32 and "batch_score_selected" in stats
     # Default: the same set, ascending.
-    jest = JestSelector(n_chunks=4, temperature=0.5)
+    jest = BatchSelector(n_chunks=4, temperature=0.5)
     idx, _ = jest.select(learner, reference, images, tokens, 32, gen(), patch_size=patch_size)
     assert torch.equal(idx, slow.sort().values)
 
@@ -200,7 +200,7 @@ def test_independent_and_uniform_match_selection():
     learner, reference = TinyCLIP(seed=1), TinyCLIP(seed=2)
     lrn, ref = _embed_by_hand(learner, images, tokens), _embed_by_hand(reference, images, tokens)
 
-    ind = JestSelector(
+    ind = BatchSelector(
         method="independent", criterion="easy_reference", temperature=0.0, sort_indices=False
     )
     assert not ind.needs_learner and ind.needs_reference
@@ -208,12 +208,12 @@ def test_independent_and_uniform_match_selection():
     want = torch.topk(example_scores(None, ref, "easy_reference"), 20).indices
     assert torch.equal(idx, want)
 
-    ind = JestSelector(method="independent", score_mode="rowcol", sort_indices=False)
+    ind = BatchSelector(method="independent", score_mode="rowcol", sort_indices=False)
     idx, _ = ind.select(learner, reference, images, tokens, 20, torch.Generator().manual_seed(1))
     scores = example_scores(lrn, ref, "learnability", mode="rowcol")
     assert torch.equal(idx, independent_sample(scores, 20, torch.Generator().manual_seed(1)))
 
-    uni = JestSelector(method="uniform", sort_indices=False)
+    uni = BatchSelector(method="uniform", sort_indices=False)
     assert not uni.needs_learner and not uni.needs_reference
     idx, stats = uni.select(None, None, images, tokens, 20, torch.Generator().manual_seed(2))
     assert torch.equal(idx, uniform_sample(100, 20, torch.Generator().manual_seed(2)))
@@ -224,7 +224,7 @@ def test_select_runs_without_grad_and_restores_modes():
     images, tokens, _ = make_data(64, noise=0.3, seed=9)
     learner, reference = TinyCLIP(seed=1), TinyCLIP(seed=2).eval()
     learner.train()
-    jest = JestSelector(n_chunks=2, score_batch_size=10)
+    jest = BatchSelector(n_chunks=2, score_batch_size=10)
     jest.select(learner, reference, images, tokens, 16, torch.Generator().manual_seed(0))
     assert learner.training and not reference.training
     assert all(p.grad is None for p in learner.parameters())
@@ -277,27 +277,27 @@ def test_selector_errors():
     model = TinyCLIP(seed=0)
     g = torch.Generator().manual_seed(0)
     with pytest.raises(JestkitError, match=r"method.*'gibbs'"):
-        JestSelector(method="gibbs")
+        BatchSelector(method="gibbs")
     with pytest.raises(JestkitError, match=r"criterion.*'easiest'"):
-        JestSelector(criterion="easiest")
+        BatchSelector(criterion="easiest")
     with pytest.raises(JestkitError, match=r"filter_ratio.*1\.0"):
-        JestSelector(filter_ratio=1.0)
+        BatchSelector(filter_ratio=1.0)
     with pytest.raises(JestkitError, match="batch_size=30 is not divisible by n_chunks=16"):
-        JestSelector().super_batch_size(30)
-    assert JestSelector(filter_ratio=0.5).super_batch_size(32) == 64
+        BatchSelector().super_batch_size(30)
+    assert BatchSelector(filter_ratio=0.5).super_batch_size(32) == 64
     with pytest.raises(JestkitError, match="needs the reference"):
-        JestSelector(n_chunks=2).select(model, None, images, tokens, 8, g)
+        BatchSelector(n_chunks=2).select(model, None, images, tokens, 8, g)
     with pytest.raises(JestkitError, match="cover 39 examples but the super-batch has 40"):
         ref = _embed_by_hand(model, images[:39], tokens[:39])
-        JestSelector(n_chunks=2).select(model, ref, images, tokens, 8, g)
+        BatchSelector(n_chunks=2).select(model, ref, images, tokens, 8, g)
     with pytest.raises(JestkitError, match=r"same first dimension.*\(40, 1, 8, 8\).*\(39, 4\)"):
-        JestSelector(n_chunks=2).select(model, model, images, tokens[:39], 8, g)
+        BatchSelector(n_chunks=2).select(model, model, images, tokens[:39], 8, g)
     no_bias = TinyCLIP(seed=0)
     no_bias.logit_bias = None
     with pytest.raises(JestkitError, match="logit_bias is None"):
-        JestSelector(n_chunks=2).select(no_bias, model, images, tokens, 8, g)
+        BatchSelector(n_chunks=2).select(no_bias, model, images, tokens, 8, g)
     with pytest.raises(JestkitError, match="k=9 is not divisible by n_chunks=2"):
-        JestSelector(n_chunks=2).select(model, model, images, tokens, 9, g)
+        BatchSelector(n_chunks=2).select(model, model, images, tokens, 9, g)
 
 
 def test_docs_example_runs():

@@ -80,9 +80,13 @@ def test_default_sizes_fit_the_data(pool, curated, f):
     assert 8 <= s.batch_size <= 256 and s.batch_size % 8 == 0
     assert s.batch_size % s.n_chunks == 0 and 1 <= s.n_chunks <= 16
     assert s.super_batch <= max(pool // 4, round(8 / (1 - f)))  # several super-batches an epoch
-    assert 100 <= s.steps <= 1000 and 100 <= s.reference_steps <= 600
+    # Default length (#14): the uniform baseline's plateau, capped; evaluated about once a pass.
+    assert s.steps_rule == "plateau" and s.steps == opts.max_steps
+    assert 10 <= s.eval_every <= 200 and s.checkpoint_every == s.eval_every
+    assert 100 <= s.reference_steps <= 600
     assert s.reference_batch_size <= min(s.batch_size, curated)
-    assert 1 <= s.eval_every <= s.steps and s.checkpoint_every >= s.eval_every
+    epochs = plan_sizes(pool, curated, PipelineOptions(filter_ratio=f, epochs=2))
+    assert epochs.steps_rule == "epochs" and epochs.steps == -(-2 * pool // s.batch_size)
     if pool >= 4 * 256 / (1 - f):
         assert s.batch_size == 256  # large data keeps the library's batch size
 

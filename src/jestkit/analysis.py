@@ -372,7 +372,7 @@ def _run_context(run_dir: Path) -> tuple[Any, Path, Any]:
                 print(f"{path}: ignoring the obsolete key {section}.{key}", file=sys.stderr)
                 del values[key]
     cfg = RunConfig.from_dict(saved)
-    dataset_dir = ensure_dataset(cfg.data, verbose=False)
+    dataset_dir = ensure_dataset(cfg.data, verbose=False, model=cfg.model)
     cache_dir = cfg.selection.reference_cache
     if not cache_dir:  # the automatic reference of the embedded data: the run's own
         from jestkit.train import train

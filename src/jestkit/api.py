@@ -4,9 +4,9 @@ Works with any model that has the open_clip SigLIP interface (``encode_image(ima
 ``encode_text(tokens)``, ``logit_scale`` = log of the multiplier, ``logit_bias``), or with
 embeddings you computed yourself::
 
-    from jestkit.api import JestSelector, multires_image_embeddings
+    from jestkit.api import BatchSelector, multires_image_embeddings
 
-    jest = JestSelector(filter_ratio=0.8)                # score 5x more than you train on
+    jest = BatchSelector(filter_ratio=0.8)                # score 5x more than you train on
     n = jest.super_batch_size(b)                          # draw n examples, train on b of them
     idx, stats = jest.select(model, reference, images, tokens, b, generator)
     img = multires_image_embeddings(model, images[idx], low_patch_size=32)   # FlexiViT only
@@ -19,27 +19,24 @@ embeds the super-batch (no grad, eval mode, then the model's mode is restored) a
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jestkit.errors import JestkitError
+from jestkit.models.embed import embed
 from jestkit.scoring import Embeddings, normalize_criterion
 from jestkit.selection import SELECTORS, Selector, make_selector, super_batch_size
 
 __all__ = [
+    "BatchSelector",
     "Embeddings",
-    "JestSelector",
     "JestkitError",
     "model_embeddings",
     "multires_image_embeddings",
 ]
-
-METHODS = tuple(SELECTORS)  # "uniform", "independent", "jest"
 
 
 # ----------------------------------------------------------------------------- model helpers
@@ -140,29 +137,10 @@ def model_embeddings(
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise JestkitError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-    device = _model_device(model, images.device)
-    step = batch_size or n
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
-    try:
-        img, txt = [], []
-        for i in range(0, n, step):
-            x = images[i : i + step].to(device, non_blocking=True)
-            t = tokens[i : i + step].to(device, non_blocking=True)
-            img.append(_encode_image(model, x, patch_size).float())
-            txt.append(model.encode_text(t).float())
-    finally:
-        if hasattr(model, "train"):
-            model.train(was_training)
-    image = F.normalize(img[0] if len(img) == 1 else torch.cat(img), dim=-1)
-    text = F.normalize(txt[0] if len(txt) == 1 else torch.cat(txt), dim=-1)
-    log_scale = model.logit_scale  # log t: open_clip's convention
-    if isinstance(log_scale, Tensor):
-        scale: Tensor | float = log_scale.detach().float().exp().reshape(())
-    else:
-        scale = math.exp(float(log_scale))
-    return Embeddings(image, text, scale, _as_scalar(model.logit_bias))
+    return embed(
+        model, images, tokens, patch_size=patch_size, device=_model_device(model, images.device),
+        chunk=batch_size or 0, normalize=True,
+    )  # fmt: skip
 
 
 def multires_image_embeddings(
@@ -174,7 +152,7 @@ def multires_image_embeddings(
     at ``low_patch_size``, the rest at full resolution, concatenated in order: row i is image i.
     The paper trains half of each batch at the scoring resolution (``fraction=0.5``) so that the
     learner stays good at the resolution it scores with. Pass the batch in random order (e.g.
-    indexed by :meth:`JestSelector.select`'s sorted indices into a shuffled super-batch), so that
+    indexed by :meth:`BatchSelector.select`'s sorted indices into a shuffled super-batch), so that
     which examples land in the low-resolution half is random.
     """
     if not hasattr(model, "encode_image"):
@@ -205,8 +183,10 @@ def multires_image_embeddings(
 
 
 @dataclass
-class JestSelector:
-    """Which ``k`` of a super-batch to train on: JEST (joint), independent, or uniform.
+class BatchSelector:
+    """Which ``k`` of a super-batch to train on, from your models: JEST (joint), independent, or
+    uniform. It embeds the super-batch with the learner and the reference (no grad) and hands the
+    embeddings to a :mod:`jestkit.selection` selector (whose ``select`` takes embeddings).
 
     ``method``: ``"jest"`` (the paper's Algorithm 1, streaming: never holds the N×N score matrix),
     ``"independent"`` (per-example scores, ``score_mode`` = the diagonal ``A[i, i]`` or the whole
@@ -234,8 +214,8 @@ class JestSelector:
     _selector: Selector = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise JestkitError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method not in SELECTORS:
+            raise JestkitError(f"method must be one of {', '.join(SELECTORS)}, got {self.method!r}")
         self.criterion = normalize_criterion(self.criterion)
         super_batch_size(1, self.filter_ratio)  # validates filter_ratio, naming it
         if self.score_batch_size is not None and (

@@ -36,6 +36,8 @@ class DataConfig:
     hard_negative_density: float = -1.0  # < 0: the recipe's default
     noise: dict[str, float] = field(default_factory=dict)  # per-kind rates over the recipe's
     train_split: str = "pool"
+    eval_dir: str = ""  # with data.dir = img2dataset shards: the eval shards (folder or pattern)
+    resize: str = "crop"  # how img2dataset images meet the model's input: crop | stretch | pad
     in_memory: bool = True  # decode the split once; the fast path for datasets that fit in RAM
     num_workers: int = 0
 
@@ -65,7 +67,7 @@ class SelectionConfig:
     score_patch_size: int = 0  # 0: full resolution; flexi-jest defaults to the largest patch size
     # Log `sel/*` diagnostics every step (a k x k block of pair scores: turn off at b ~ 32k).
     stats: bool = True
-    # Cheaper learner-side scoring (jestkit.scorers): "learner" (the learner itself; with
+    # Cheaper learner-side scoring (jestkit.sources): "learner" (the learner itself; with
     # score_refresh=k > 1 a copy refreshed every k steps, its embeddings cached by uid) or
     # "proxy" (a small dual encoder trained online on the selected batches).
     scorer: str = "learner"
@@ -472,6 +474,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     check(
         bool(cfg.data.dir) or bool(cfg.data.dataset),
         "data: set data.dir (a prepared dataset folder) or data.dataset (an embedded dataset)",
+    )
+    check(
+        cfg.data.resize in ("crop", "stretch", "pad"),
+        f"data.resize must be crop, stretch or pad, got {cfg.data.resize!r}",
     )
     return cfg
 

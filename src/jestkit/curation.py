@@ -44,6 +44,7 @@ from jestkit.data import (
 )
 from jestkit.errors import JestkitError
 from jestkit.losses import sigmoid_positive_losses
+from jestkit.models.embed import embed
 
 __all__ = [
     "SCORE_COLUMNS",
@@ -59,7 +60,7 @@ __all__ = [
 SCORES_FORMAT = "jestkit-scores"
 SCORES_VERSION = 1
 SCORE_COLUMNS = ("easy_reference", "learnability")  # higher = keep
-UID_FORMATS = ("uint64", "hex")
+UID_FORMATS = ("uint64", "hex", "datacomp")
 _META_KEY = b"jestkit"
 
 
@@ -67,6 +68,8 @@ _META_KEY = b"jestkit"
 
 
 def _check_shape(model: Any, split_dirs: Sequence[Path], role: str) -> None:
+    if getattr(model, "resizes_images", False):  # a py: factory model resizes its input
+        return
     for d in split_dirs:
         info = read_split_info(d)
         have = (int(info["in_channels"]), int(info["image_size"]))
@@ -80,12 +83,8 @@ def _check_shape(model: Any, split_dirs: Sequence[Path], role: str) -> None:
 
 def _positive_losses(model: Any, tokenizer: Any, images: torch.Tensor, captions: list[str]):
     """The sigmoid loss of each example's own pair, ``L[i, i]``, at full resolution (float32)."""
-    device = model.logit_scale.device
-    img = model.encode_image(images.to(device)).float()
-    txt = model.encode_text(tokenizer(captions).to(device)).float()
-    scale = model.logit_scale.detach().float().exp()
-    bias = model.logit_bias.detach().float()
-    return sigmoid_positive_losses(img, txt, scale, bias).cpu()
+    e = embed(model, images, tokenizer(captions), device=model.logit_scale.device, validate=False)
+    return sigmoid_positive_losses(e.image, e.text, e.scale, e.bias).cpu()
 
 
 @torch.no_grad()
@@ -105,7 +104,7 @@ def score_splits(
     without gradients, ``batch_size`` examples per call, with its own tokenizer. Columns: ``uid``,
     ``reference_loss``, ``easy_reference``, and with a learner ``learner_loss``, ``learnability``.
     """
-    from tqdm import tqdm
+    from jestkit.progress import progress_bar
 
     if isinstance(split_dirs, (str, os.PathLike)):
         split_dirs = [split_dirs]
@@ -127,9 +126,10 @@ def score_splits(
     for _, m, _ in models:
         m.eval()
     ids: list[np.ndarray] = []
+    source_uids: dict[int, str] = {}  # img2dataset shards: the json's uid (DataComp's), by key
     losses: dict[str, list[torch.Tensor]] = {role: [] for role, _, _ in models}
     seen: set[str] = set()
-    bar = tqdm(total=total, desc="score", unit="ex", disable=not progress or None)
+    bar = progress_bar(total=total, desc="score", unit="ex", disable=not progress)
     try:
         for d in splits:
             for sb in iter_split(d, batch_size, strict=strict):
@@ -143,6 +143,11 @@ def score_splits(
                 for role, model, tok in models:
                     losses[role].append(_positive_losses(model, tok, sb.images, sb.captions))
                 ids.append(uid_to_int(sb.uids))
+                src = sb.meta.get("source_uid")
+                if src is not None:
+                    source_uids.update(
+                        (int(k), str(s)) for k, s in zip(ids[-1], src, strict=True) if s
+                    )
     finally:
         bar.close()
         for (_, m, _), mode in zip(models, modes, strict=True):
@@ -150,7 +155,14 @@ def score_splits(
 
     uid_int = np.concatenate(ids) if ids else np.zeros(0, np.uint64)
     order = np.argsort(uid_int, kind="stable")
-    columns: dict[str, Any] = {"uid": pa.array(int_to_uid(uid_int[order]), pa.string())}
+    keys = int_to_uid(uid_int[order])
+    columns: dict[str, Any] = {"uid": pa.array(keys, pa.string())}
+    if source_uids:  # the source's own uids (DataComp's), so the scores join its uid lists
+        columns["uid"] = pa.array(
+            [source_uids.get(int(k), h) for k, h in zip(uid_int[order], keys, strict=True)],
+            pa.string(),
+        )
+        columns["jestkit_uid"] = pa.array(keys, pa.string())
     ref = torch.cat(losses["reference"]).numpy()[order] if ids else np.zeros(0, np.float32)
     columns["reference_loss"] = ref
     columns["easy_reference"] = -ref
@@ -292,7 +304,9 @@ def filter_scores(
             f"{source}: column {name!r} has {int(bad.sum())} non-finite values (NaN/inf); first at "
             f"row {int(np.flatnonzero(bad)[0])}"
         )
-    ids = uid_to_int(scores.column("uid").to_pylist(), name=f"{source} 'uid'")
+    # Scores of img2dataset shards carry the source's uids in `uid`, jestkit's keys beside them.
+    key = "jestkit_uid" if "jestkit_uid" in scores.column_names else "uid"
+    ids = uid_to_int(scores.column(key).to_pylist(), name=f"{source} {key!r}")
     if len(np.unique(ids)) != len(ids):
         raise JestkitError(f"{source}: 'uid' has duplicates; one row per example expected")
     n = len(ids)
@@ -309,16 +323,45 @@ def filter_scores(
     return np.sort(ids[chosen]), summary
 
 
+def source_uids(scores: pa.Table, ids: np.ndarray) -> list[str]:
+    """The ``uid`` strings (e.g. DataComp's) of the rows whose jestkit key is in ``ids``."""
+    if "jestkit_uid" not in scores.column_names:
+        return int_to_uid(ids)
+    by_key = dict(
+        zip(scores.column("jestkit_uid").to_pylist(), scores.column("uid").to_pylist(), strict=True)
+    )
+    return [by_key[k] for k in int_to_uid(ids)]
+
+
+def datacomp_uids(uids: Sequence[str]) -> np.ndarray:
+    """32-hex uids as DataComp stores its uid lists: sorted ``np.dtype("u8,u8")`` records."""
+    bad = [u for u in uids if len(u) != 32 or not all(c in "0123456789abcdefABCDEF" for c in u)]
+    if bad:
+        raise JestkitError(
+            f"--format datacomp: uid {bad[0]!r} is not a 32-hex DataComp uid ({len(bad)} such)"
+        )
+    arr = np.array([(int(u[:16], 16), int(u[16:], 16)) for u in uids], np.dtype("u8,u8"))
+    return np.sort(arr, order=["f0", "f1"])
+
+
 def write_uids(
-    uids: np.ndarray, out: str | os.PathLike, fmt: str = "uint64", overwrite: bool = False
+    uids: np.ndarray,
+    out: str | os.PathLike,
+    fmt: str = "uint64",
+    overwrite: bool = False,
+    names: Sequence[str] | None = None,
 ) -> Path:
-    """Save uids sorted: ``np.uint64`` (``fmt="uint64"``) or 16-character strings (``"hex"``)."""
+    """Save uids sorted: ``np.uint64`` (``fmt="uint64"``), 16-character strings (``"hex"``), or
+    DataComp's ``u8,u8`` records of the 32-hex source uids ``names`` (``"datacomp"``)."""
     if fmt not in UID_FORMATS:
         raise JestkitError(f"--format: must be one of {', '.join(UID_FORMATS)}, got {fmt!r}")
     out = Path(out)
     _check_out(out, overwrite)
     ids = np.sort(np.asarray(uids, dtype=np.uint64))
-    arr = ids if fmt == "uint64" else np.array(int_to_uid(ids), dtype="<U16")
+    if fmt == "datacomp":
+        arr = datacomp_uids(list(names) if names is not None else int_to_uid(ids))
+    else:
+        arr = ids if fmt == "uint64" else np.array(int_to_uid(ids), dtype="<U16")
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a bare path
@@ -368,8 +411,9 @@ def _device(name: str) -> torch.device:
 
 def _load_model(path: str, flag: str, device: torch.device):
     from jestkit.models import load_pretrained
+    from jestkit.models.factory import is_factory
 
-    if not Path(path).is_dir():
+    if not Path(path).is_dir() and not is_factory(path):
         raise JestkitError(f"{flag} {path}: model folder not found")
     return load_pretrained(path, device=device)
 
@@ -379,10 +423,14 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         required=True,
         metavar="REF_DIR",
-        help="reference model folder (export or checkpoint)",
+        help="reference model folder (export or checkpoint) or py:package.module:function",
     )
     parser.add_argument(
-        "--shards", nargs="+", required=True, metavar="SPLIT_DIR", help="split folders to score"
+        "--shards",
+        nargs="+",
+        required=True,
+        metavar="SPLIT_DIR",
+        help="split folders, or img2dataset shards: a folder of .tar or 'pool/{00000..00123}.tar'",
     )
     parser.add_argument(
         "--learner",
@@ -407,16 +455,19 @@ def run_score(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out = Path(args.out)
     _check_out(out, args.overwrite)
+    from jestkit.data.img2dataset import is_source, split_for
+
     for d in args.shards:
-        if not Path(d).exists():
+        if not Path(d).exists() and not is_source(d):
             raise JestkitError(f"--shards {d}: split folder not found")
     device = _device(args.device)
     reference, ref_tok = _load_model(args.model, "--model", device)
+    shards = [split_for(d, reference, progress=not args.quiet) for d in args.shards]
     learner = learner_tok = None
     if args.learner:
         learner, learner_tok = _load_model(args.learner, "--learner", device)
     table = score_splits(
-        reference, ref_tok, args.shards, learner, learner_tok, batch_size=args.batch_size,
+        reference, ref_tok, shards, learner, learner_tok, batch_size=args.batch_size,
         strict=args.strict, progress=not args.quiet,
     )  # fmt: skip
     write_scores(table, out, overwrite=args.overwrite)
@@ -451,7 +502,8 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
         "--format",
         default="uint64",
         choices=UID_FORMATS,
-        help="uint64 (jestkit.data.uid_to_int) or hex strings",
+        help="uint64 (jestkit.data.uid_to_int), hex strings, or datacomp (DataComp's u8,u8 "
+        "uid records, for scores of shards whose json has DataComp's 32-hex uid)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--quiet", action="store_true")
@@ -461,7 +513,8 @@ def run_filter(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_out(out, args.overwrite)
     uids, s = filter_scores(args.scores, args.keep_fraction, args.score)
-    write_uids(uids, out, fmt=args.format, overwrite=args.overwrite)
+    names = source_uids(read_scores(args.scores), uids) if args.format == "datacomp" else None
+    write_uids(uids, out, fmt=args.format, overwrite=args.overwrite, names=names)
     if not args.quiet:
         print(
             f"kept {s['kept']} of {s['total']} examples (top {s['keep_fraction']:.4g} by "

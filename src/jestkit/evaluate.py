@@ -21,11 +21,10 @@ Protocol (CLIP/SigLIP style):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import string
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 
 from jestkit.errors import JestkitError, check
 from jestkit.faults import fault_point
+from jestkit.models.embed import embed_images, embed_texts, inference_mode, model_device
 
 # Elements of one similarity block: 2^24 floats = 64 MiB, so N = 50k uses ~335 rows at a time.
 BLOCK_ELEMENTS = 1 << 24
@@ -241,34 +241,6 @@ def zeroshot_metrics(
 # ----------------------------------------------------------------------------- model helpers
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")  # a parameter-free model runs wherever its inputs are
-
-
-@contextlib.contextmanager
-def inference_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode and no grad inside; the model's previous train/eval mode restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
-def _encode(fn: Any, data: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    out = [
-        fn(data[i : i + batch_size].to(device, non_blocking=True)).float()
-        for i in range(0, data.shape[0], batch_size)
-    ]
-    return torch.cat(out)
-
-
 def fill_template(template: str, classname: str) -> str:
     """``template`` with every ``{}`` / ``{name}`` placeholder replaced by ``classname``."""
     fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
@@ -290,7 +262,7 @@ def fill_template(template: str, classname: str) -> str:
 def _class_embeddings_from_tokens(
     model: torch.nn.Module, tokens: torch.Tensor, n_classes: int, batch_size: int
 ) -> torch.Tensor:
-    emb = _encode(model.encode_text, tokens, batch_size, _model_device(model))
+    emb = embed_texts(model, tokens, chunk=batch_size, validate=False)
     emb = F.normalize(emb, dim=-1).view(n_classes, -1, emb.shape[-1]).mean(dim=1)
     return F.normalize(emb, dim=-1)
 
@@ -497,16 +469,13 @@ class Evaluator:
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         """Retrieval and zero-shot metrics of ``model`` at full resolution (``patch_size=None``)."""
         out: dict[str, float] = {}
-        device, bs = _model_device(model), self.batch_size
-
-        def encode_image(x: torch.Tensor) -> torch.Tensor:
-            return model.encode_image(x, patch_size=None)
+        device, bs = model_device(model), self.batch_size
 
         fault_point("eval.start")  # crash tests (jestkit.faults); otherwise a no-op
         with inference_mode(model):
             if self.images is not None:
-                img = _encode(encode_image, self.images, bs, device)
-                txt = _encode(model.encode_text, self.tokens, bs, device)
+                img = embed_images(model, self.images, device=device, chunk=bs, validate=False)
+                txt = embed_texts(model, self.tokens, device=device, chunk=bs, validate=False)
                 out.update(
                     retrieval_metrics(
                         img,
@@ -520,7 +489,9 @@ class Evaluator:
                 cls_emb = _class_embeddings_from_tokens(
                     model, self.prompt_tokens, len(self.classes), bs
                 )
-                img = _encode(encode_image, self.zeroshot_images, bs, device)
+                img = embed_images(
+                    model, self.zeroshot_images, device=device, chunk=bs, validate=False
+                )
                 out.update(zeroshot_metrics(img, cls_emb, self.zeroshot_labels.to(device)))
         return out
 

@@ -110,6 +110,9 @@ def forward_flops(
     text_length: int | None = None,
 ) -> dict[str, int]:
     """``{"image": int, "text": int}`` forward FLOPs per example (None = full res / full context)."""
+    measured = getattr(model_or_config, "measured_flops", None)
+    if measured is not None:  # a user's model (py: factory): no formula, counted by torch
+        return measured(patch_size, text_length)
     cfg = _config(model_or_config)
     return {"image": image_flops(cfg, patch_size), "text": text_flops(cfg, text_length)}
 

@@ -296,11 +296,11 @@ class ProgressBar:
         disable: bool = False,
         file: TextIO | None = None,
     ) -> None:
-        from tqdm.auto import tqdm
+        from jestkit.progress import progress_bar  # tqdm on a terminal, plain lines in a log
 
         self.metric = metric
         self.eval_value: float | None = None
-        self._bar = tqdm(
+        self._bar = progress_bar(
             total=total,
             initial=initial,
             desc=desc,

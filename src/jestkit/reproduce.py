@@ -87,7 +87,7 @@ class SuiteSize:
     sweep_batch_sizes: tuple[int, ...] = (1024, 2048, 4096)
     sweep_steps: int = 0  # 0: max(200, 2 * steps * batch_size / b) (twice the main examples)
     sweep_eval_every: int = 0  # 0: eval_every
-    scorers: bool = False  # the cheap-scoring ablation (jestkit.scorers): snapshot and proxy runs
+    scorers: bool = False  # the cheap-scoring ablation (jestkit.sources): snapshot and proxy runs
 
 
 # Fields added after suites were first written: an old suite.json without them used these values.
@@ -177,7 +177,7 @@ SIZES = {
         sweep_steps=150,
         sweep_eval_every=25,
     ),
-    # Cheap scoring (jestkit.scorers) against full-learner scoring: a learner snapshot refreshed
+    # Cheap scoring (jestkit.sources) against full-learner scoring: a learner snapshot refreshed
     # every 50 / 200 steps, an online proxy (MLP and ViT learners), with what they are compared
     # with (all reusable from the default suite).
     "scorers": SuiteSize(

@@ -40,6 +40,7 @@ from jestkit.losses import SigLipLoss
 from jestkit.metrics import MetricsWriter, ProgressBar
 from jestkit.models import DualEncoder, Tokenizer, create_model, load_pretrained
 from jestkit.models import model_fingerprint as fingerprint_of
+from jestkit.models.factory import create_factory_model, is_factory
 from jestkit.selection import Selector, make_selector, super_batch_size
 from jestkit.sources import (
     CachedReference,
@@ -209,6 +210,8 @@ class RunState:
                 not diffs,
                 f"--resume {str(ckpt)!r} was written by another config: " + "; ".join(diffs),
             )
+        elif is_factory(cfg.model.name):  # your own open_clip-style model, with its tokenizer
+            model, tokenizer = create_factory_model(cfg.model.name)
         else:
             tokenizer = Tokenizer.train(
                 read_captions(inputs.train_dir),
@@ -228,8 +231,8 @@ class RunState:
             )
         model.to(device).train()
         tokens_of = CaptionTokens(inputs.train_dir, tokenizer) if cfg.data.in_memory else None
-        if tokens_of is not None:  # the step skips per-batch checks: check the data once here
-            model.check_tokens(tokens_of.tokens)
+        if tokens_of is not None and isinstance(model, DualEncoder):
+            model.check_tokens(tokens_of.tokens)  # the step skips per-batch checks: once here
 
         autocast = _autocast(cfg, device)
 
@@ -374,6 +377,24 @@ class RunState:
         last = done == self.cfg.train.steps
         if self.metrics is not None and (done % self.cfg.train.log_every == 0 or last or evaluated):
             self.metrics.write(record)
+
+    def end_step(self, record: dict[str, Any], checkpoint: bool = False) -> None:
+        """After an update: evaluate (every `train.eval_every` and at the end), log the step's
+        line, advance the progress bar, checkpoint (every `train.checkpoint_every`, at the end,
+        or when asked: a stop request)."""
+        done = record["step"]
+        evaluated = self.is_eval_step(done)
+        if evaluated:
+            self.last_eval = self.evaluate(done)
+            record.update(self.last_eval)
+        self.log(record, evaluated)
+        self.bar.update(
+            loss=record["loss"],
+            **{k: v for k, v in self.last_eval.items() if k.endswith("retrieval_r1")},
+        )
+        every = self.cfg.train.checkpoint_every
+        if done == self.cfg.train.steps or (every and done % every == 0) or checkpoint:
+            self.checkpoint(done)
 
     def on_nonfinite(self, step: int, what: str, lr: float) -> None:
         """A non-finite loss, score or gradient at `step`: stop, keeping the last good checkpoint

@@ -91,7 +91,7 @@ def _prepare(cfg: RunConfig, fit: Fit, verbose: bool) -> Inputs:
     from jestkit.data import load_manifest
     from jestkit.selection import make_selector
 
-    dataset_dir = ensure_dataset(cfg.data, verbose=verbose)
+    dataset_dir = ensure_dataset(cfg.data, verbose=verbose, model=cfg.model)
     train_dir = split_dir(dataset_dir, load_manifest(dataset_dir), cfg.data.train_split)
     if not make_selector(cfg.selection).needs_reference:
         return Inputs(dataset_dir, train_dir)
@@ -125,10 +125,33 @@ def split_dir(dataset_dir: Path, manifest: dict[str, Any], split: str) -> Path:
     return path
 
 
-def ensure_dataset(data: DataConfig, verbose: bool = True) -> Path:
-    """The prepared dataset folder for `data`: `data.dir` as given, or the embedded one (built once)."""
-    from jestkit.data import prepare_dataset
+def model_input(model: Any) -> tuple[int, int]:
+    """(image_size, in_channels) of a `model` config section (registry name or py: factory)."""
+    from jestkit.models.factory import factory_input, is_factory
+    from jestkit.models.registry import get_model_config
 
+    if is_factory(model.name):
+        return factory_input(model.name)
+    c = get_model_config(model.name, **model.overrides)
+    return c.image_size, c.in_channels
+
+
+def ensure_dataset(data: DataConfig, verbose: bool = True, model: Any = None) -> Path:
+    """The prepared dataset folder for `data`: `data.dir` as given, or the embedded one (built once).
+
+    `data.dir` may also be img2dataset shards (folder or brace pattern, with `data.eval_dir` for
+    evaluation): read in place at `model`'s input size (a view in the cache folder).
+    """
+    from jestkit.data import prepare_dataset
+    from jestkit.data.img2dataset import is_source, source_dataset
+
+    if data.dir and is_source(data.dir):
+        check(model is not None, f"data.dir={data.dir!r}: img2dataset shards need the model")
+        size, channels = model_input(model)
+        splits = {data.train_split: data.dir}
+        if data.eval_dir:
+            splits["eval"] = data.eval_dir
+        return source_dataset(splits, size, channels, data.resize, progress=verbose)
     if data.dir:
         path = Path(data.dir)
         check(
@@ -169,8 +192,15 @@ def reference_config(cfg: RunConfig) -> RunConfig:
     return ref
 
 
-def ensure_reference(cfg: RunConfig, dataset_dir: Path, *, fit: Fit, verbose: bool = True) -> Path:
-    """A reference model folder: `selection.reference` as given, else trained once and kept."""
+def ensure_reference(
+    cfg: RunConfig, dataset_dir: Path, *, fit: Fit, verbose: bool = True
+) -> Path | str:
+    """A reference model folder (or a `py:` factory name): `selection.reference` as given, else
+    trained once and kept."""
+    from jestkit.models.factory import is_factory
+
+    if is_factory(cfg.selection.reference):  # a pretrained reference: py:module:function
+        return cfg.selection.reference  # load_pretrained calls the factory
     if cfg.selection.reference:
         path = Path(cfg.selection.reference)
         check(

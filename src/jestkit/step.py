@@ -20,11 +20,13 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from jestkit.config import RunConfig
 from jestkit.data import SuperBatch
+from jestkit.distributed import World, all_sum
 from jestkit.errors import check
 from jestkit.flops import forward_flops
 from jestkit.models import DualEncoder
@@ -190,6 +192,46 @@ def update(
     if math.isfinite(grad_norm):
         optimizer.step()
     return grad_norm
+
+
+@dataclass
+class Reduced:
+    """The step's numbers summed over ranks: one small all-reduce."""
+
+    loss: float  # the global loss (the mean of the ranks' losses)
+    noisy_chosen: float  # selected examples with a noise label (the data's ground truth)
+    noisy_pool: float  # super-batch examples with a noise label
+    n_low: int  # examples trained at the low resolution
+    stop: bool  # a rank received SIGTERM/SIGINT: every rank checkpoints and stops
+
+
+def reduce_step(
+    world: World,
+    loss: Tensor,
+    chosen: SuperBatch,
+    batch: SuperBatch,
+    n_low: int,
+    stop_requested: bool,
+    device: torch.device,
+) -> Reduced:
+    """The loss, log counts and any stop request, summed over ranks (identity on one process),
+    so every rank takes the same decisions (non-finite loss, stop)."""
+    noise = np.asarray(chosen.meta.get("noise", np.array([""] * len(chosen))))
+    pool_noise = np.asarray(batch.meta.get("noise", np.array([""] * len(batch))))
+    loss_sum, noisy_chosen, noisy_pool, n_low_all, stops = all_sum(
+        world,
+        [
+            loss.item(),
+            float((noise != "").sum()),
+            float((pool_noise != "").sum()),
+            float(n_low),
+            float(stop_requested),
+        ],
+        device,
+    )
+    return Reduced(
+        loss_sum / world.world_size, noisy_chosen, noisy_pool, round(n_low_all), stops > 0
+    )
 
 
 def train_flops(model: Any, b: int, n_low: int, low_patch: int | None) -> int:

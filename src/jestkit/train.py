@@ -6,7 +6,7 @@ Launch:
     jestkit train --config quick --out runs/quick --resume latest      # continue after a crash
     jestkit train --config reference --out runs/ref                    # uniform on the curated split
     jestkit train --config scenes --out runs/u selection.method=uniform train.steps=2000
-    torchrun --standalone --nproc_per_node 2 -m jestkit train --config quick --out runs/ddp
+    torchrun --standalone --nproc_per_node 2 -m jestkit.train --config quick --out runs/ddp
 
 Each step: draw a super-batch of N = b / (1 - f); embed it with the learner (no grad, at the
 scoring patch size) and look the reference up in its cache; select b examples; take one optimizer
@@ -30,8 +30,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from jestkit import rng, stages
 from jestkit.config import RunConfig, list_presets, load_config, validate
 from jestkit.distributed import World, all_sum, check_same_config, init_from_env, shutdown
@@ -43,6 +41,7 @@ from jestkit.step import (
     local_share,
     lr_at,
     nonfinite_inputs,
+    reduce_step,
     score,
     set_lr,
     train_flops,
@@ -115,22 +114,9 @@ def train(
                 run.autocast,
             )
             # One small collective: the global loss, counts for the logs and any stop request.
-            noise = np.asarray(chosen.meta.get("noise", np.array([""] * len(chosen))))
-            pool_noise = np.asarray(batch.meta.get("noise", np.array([""] * len(batch))))
-            loss_sum, noisy_chosen, noisy_pool, n_low_all, stops = all_sum(
-                world,
-                [
-                    loss.item(),
-                    float((noise != "").sum()),
-                    float((pool_noise != "").sum()),
-                    float(n_low),
-                    float(stop.requested is not None),
-                ],
-                device,
-            )
-            global_loss, n_low_all = loss_sum / p, round(n_low_all)
-            if not math.isfinite(global_loss):
-                run.on_nonfinite(step, f"loss ({global_loss})", lr)
+            red = reduce_step(world, loss, chosen, batch, n_low, stop.requested is not None, device)
+            if not math.isfinite(red.loss):
+                run.on_nonfinite(step, f"loss ({red.loss})", lr)
                 continue
             grad_norm = update(run.trained, run.optimizer, loss, cfg.optim.grad_clip)
             if not math.isfinite(grad_norm):
@@ -138,41 +124,30 @@ def train(
                 continue
             run.streak = 0
             run.ledger.add(
-                step + 1, learner_train=train_flops(run.model, b, n_low_all, run.plan.low_patch)
+                step + 1, learner_train=train_flops(run.model, b, red.n_low, run.plan.low_patch)
             )
             done = step + 1
 
             # 3. Log, evaluate, checkpoint.
             record = {
                 "step": done,
-                "loss": global_loss,
+                "loss": red.loss,
                 "lr": lr,
                 "grad_norm": grad_norm,
                 "logit_scale": run.model.logit_scale.exp().item(),
                 "logit_bias": run.model.logit_bias.item(),
                 "examples_seen": done * b,
                 "super_batch_examples": done * n,
-                "noisy_selected_frac": noisy_chosen / b,
-                "noisy_pool_frac": noisy_pool / n,
+                "noisy_selected_frac": red.noisy_chosen / b,
+                "noisy_pool_frac": red.noisy_pool / n,
                 **{f"sel/{k}": v for k, v in sel_stats.items()},
                 **{f"flops/{k}": v for k, v in run.ledger.totals().items()},
                 "world_size": p,
                 "step_time": time.perf_counter() - t0,
                 "time": time.perf_counter() - t_start,
             }
-            evaluated = run.is_eval_step(done)
-            if evaluated:
-                run.last_eval = run.evaluate(done)
-                record.update(run.last_eval)
-            run.log(record, evaluated)
-            run.bar.update(
-                loss=global_loss,
-                **{k: v for k, v in run.last_eval.items() if k.endswith("retrieval_r1")},
-            )
-            last, every = done == cfg.train.steps, cfg.train.checkpoint_every
-            if last or (every and done % every == 0) or stops:
-                run.checkpoint(done)
-            if stops and not last:
+            run.end_step(record, checkpoint=red.stop)
+            if red.stop and done < cfg.train.steps:
                 return run.interrupted(done, stop.requested)
     return run.finish()
 

@@ -11,6 +11,7 @@ ref = cache.lookup(sb.uids, device="cuda")               # scoring.Embeddings, f
 
 from __future__ import annotations
 
+from jestkit.data import img2dataset  # noqa: F401  (registers its split layout)
 from jestkit.data.fashion import (
     DIGIT_CLASSES,
     FASHION_CLASSES,

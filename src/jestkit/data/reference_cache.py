@@ -294,7 +294,8 @@ class ReferenceCache:
         ``device`` defaults to the model's. ``model_fingerprint`` defaults to
         :func:`jestkit.models.model_fingerprint` (pass one for a model from elsewhere).
         """
-        from tqdm import tqdm
+        from jestkit.models.embed import embed
+        from jestkit.progress import progress_bar
 
         if isinstance(split_dirs, (str, os.PathLike)):
             split_dirs = [split_dirs]
@@ -312,6 +313,8 @@ class ReferenceCache:
         splits = [resolve_split_dir(d) for d in split_dirs]
         infos = [read_split_info(d) for d in splits]
         for d, info in zip(splits, infos, strict=True):
+            if getattr(model, "resizes_images", False):  # a py: factory model resizes its input
+                break
             shape = (info["in_channels"], info["image_size"])
             want = (getattr(model, "in_channels", shape[0]), getattr(model, "image_size", shape[1]))
             if shape != want:
@@ -324,7 +327,7 @@ class ReferenceCache:
         model.eval()
         ids, images, texts = [], [], []
         seen: set[str] = set()
-        bar = tqdm(total=total, desc="cache-ref", unit="ex", disable=not progress or None)
+        bar = progress_bar(total=total, desc="cache-ref", unit="ex", disable=not progress)
         try:
             for d in splits:
                 for sb in iter_split(d, batch_size, strict=strict):
@@ -337,10 +340,12 @@ class ReferenceCache:
                         continue
                     if len(keep) < len(sb):
                         sb = sb.index(keep)
-                    img = model.encode_image(sb.images.to(device), patch_size=patch_size)
-                    txt = model.encode_text(tokenizer(sb.captions).to(device))
-                    images.append(img.float().cpu().numpy())
-                    texts.append(txt.float().cpu().numpy())
+                    e = embed(
+                        model, sb.images, tokenizer(sb.captions), patch_size=patch_size,
+                        device=device, validate=False,
+                    )  # fmt: skip
+                    images.append(e.image.cpu().numpy())
+                    texts.append(e.text.cpu().numpy())
                     ids.append(uid_to_int(sb.uids))
         finally:
             bar.close()
@@ -385,10 +390,16 @@ class ReferenceCache:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", required=True, help="reference model folder (export or checkpoint)"
+        "--model",
+        required=True,
+        help="reference model folder (export or checkpoint) or py:package.module:function",
     )
     parser.add_argument(
-        "--shards", nargs="+", required=True, metavar="SPLIT_DIR", help="split folders to cache"
+        "--shards",
+        nargs="+",
+        required=True,
+        metavar="SPLIT_DIR",
+        help="split folders, or img2dataset shards: a folder of .tar or 'pool/{00000..00123}.tar'",
     )
     parser.add_argument("--out", required=True, help="cache folder to create")
     parser.add_argument("--batch-size", type=int, default=512)
@@ -416,9 +427,13 @@ def run(args: argparse.Namespace) -> int:
         except RuntimeError:
             raise JestkitError(f"--device: unknown device {args.device!r}") from None
     t0 = time.perf_counter()
+    from jestkit.data.img2dataset import split_for
+
     model, tokenizer = load_pretrained(args.model, device=device)
+    # img2dataset shards (folder or brace pattern) are read in place, at the model's input size.
+    shards = [split_for(s, model, progress=not args.quiet) for s in args.shards]
     cache = ReferenceCache.build(
-        model, tokenizer, args.shards, args.out, batch_size=args.batch_size, device=device,
+        model, tokenizer, shards, args.out, batch_size=args.batch_size, device=device,
         patch_size=args.patch_size, overwrite=args.overwrite, strict=args.strict, progress=not args.quiet,
     )  # fmt: skip
     if not args.quiet:

@@ -726,6 +726,12 @@ def _meta_columns(table: pa.Table, rows: np.ndarray) -> dict[str, np.ndarray]:
     return meta
 
 
+# Readers of split layouts other than jestkit's own shards, by the split.json "layout" field:
+# ``reader(info, strict) -> ShardIndex``. A module that adds a layout registers it here
+# (jestkit.data.img2dataset does, on import of jestkit.data), so this module imports none of them.
+SPLIT_LAYOUTS: dict[str, Any] = {}
+
+
 def build_index(
     split_dir: str | os.PathLike, strict: bool = False, cache: bool = True, progress: bool = True
 ) -> ShardIndex:
@@ -737,6 +743,11 @@ def build_index(
     from tqdm import tqdm
 
     info = read_split_info(split_dir)
+    if info.get("layout") in SPLIT_LAYOUTS:  # e.g. a view over standard webdataset shards
+        view = SPLIT_LAYOUTS[info["layout"]](info, strict)
+        if view.bad.total:
+            warnings.warn(f"{view.split_dir}: {view.bad.summary()}", BadRecordWarning, stacklevel=3)
+        return view
     d = Path(info["dir"])
     shape = (int(info["in_channels"]), int(info["image_size"]), int(info["image_size"]))
     shards = list(info["shards"])

@@ -34,6 +34,10 @@ def _config_json(config: ModelConfig) -> str:
 
 
 def _check_pair(model: DualEncoder, tokenizer: Tokenizer) -> None:
+    from jestkit.models.factory import FactoryModel
+
+    if isinstance(model, FactoryModel):  # a user's model: its config names the factory
+        return
     if not isinstance(model, DualEncoder):
         raise JestkitError(f"model: expected a jestkit DualEncoder, got {type(model).__name__}")
     if not isinstance(tokenizer, Tokenizer):
@@ -137,6 +141,10 @@ def load_pretrained(
     Weights that do not match the stored config (missing, unexpected, or differently shaped
     tensors) raise a :class:`JestkitError` naming the tensor.
     """
+    from jestkit.models.factory import factory_export, is_factory, load_factory
+
+    if is_factory(directory) or factory_export(directory):  # py:module:function (#14)
+        return load_factory(directory, device)
     config, tokenizer = read_config(directory)
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():

@@ -5,15 +5,18 @@
         --out runs/mine --model vit-tiny-56 --selector flexi-jest --steps 2000 --compare uniform
     jestkit pipeline --example-data mydata      # a small real example (sklearn digits as PNG files)
 
-POOL, CURATED and EVAL are shard folders made by `jestkit make-shards` (or `prepare` splits) or
+POOL, CURATED and EVAL are shard folders made by `jestkit make-shards` (or `prepare` splits),
 CSV/TSV/JSONL/parquet files with columns ``image`` (a path) and ``caption`` (optionally ``label``
-and ``class_name``), converted on the fly. The stages, each skipped when its output in OUT is
+and ``class_name``), converted on the fly, or img2dataset webdataset shards (a folder of tars or
+``'pool/{00000..00123}.tar'``), read in place. The stages, each skipped when its output in OUT is
 already there and valid, so that an interrupted pipeline continues where it stopped:
 
 1. data       inputs -> shards at the model's image size     OUT/data/{pool,curated,eval}
-2. reference  uniform training on CURATED                     OUT/runs/reference
+2. reference  uniform training on CURATED (or --reference)     OUT/runs/reference
 3. cache      the reference exported and cached over POOL     OUT/references/, OUT/caches/
+              + whether it can guide selection on POOL        OUT/diagnostic.json
 4. learners   the selector on POOL, plus each --compare run   OUT/runs/NAME
+              (by default uniform first, to its plateau: that sets every run's length)
 5. report     report.md, report.json and plots/ (`jestkit report OUT` redraws them)
 
 The pipeline is a thin layer: every training run is `jestkit.train.train` on a config the pipeline
@@ -25,7 +28,8 @@ inputs or options is refused (the finished stages would no longer match them).
 Layout: ``options`` holds PipelineOptions, their checks and plan_sizes; ``inputs`` resolves and
 fingerprints POOL / CURATED / EVAL and keeps the plan (OUT/pipeline.json); ``data`` is stage 1
 (conversion, dataset manifest, overlap checks, zero-shot classes); ``runs`` is stages 2-4 (run
-configs, training, the reference's cache, suite.json); ``example`` writes --example-data; ``cli``
+configs, training, the reference's cache, suite.json); ``sizing`` the default run length;
+``diagnose`` the reference check; ``report`` the pipeline's report sections; ``example`` writes --example-data; ``cli``
 holds the arguments. This module runs the stages in order and re-exports the public names.
 """
 
@@ -61,15 +65,18 @@ from jestkit.pipeline.options import (
     check_options,
     plan_sizes,
 )
+from jestkit.pipeline.report import report_sections, run_diagnostic
 from jestkit.pipeline.runs import (
     TARGET_METRIC,
     describe,
     fits_in_memory,
     publish_reference,
+    reference_source,
     run_config,
     train_run,
     write_suite,
 )
+from jestkit.pipeline.sizing import describe_rule, train_to_plateau
 from jestkit.pipeline.util import say, say_skipped, write_json
 
 __all__ = [
@@ -168,14 +175,22 @@ def pipeline(
     write_json(plan_file, record)
 
     learners = [opts.selector, *opts.compare]
+    plateau = sizes.steps_rule == "plateau"
+    if plateau:  # the uniform baseline trains first: its plateau sets everyone's length
+        if "uniform" not in learners:
+            say("  + uniform baseline: it trains until its eval metric plateaus and sets the "
+                "run length", quiet)  # fmt: skip
+        learners = ["uniform", *[n for n in learners if n != "uniform"]]
+    needs_reference = any(sel != "uniform" for sel in learners)
     cfgs: dict[str, Any] = {}  # the runs' train configs, the reference first
-    if any(sel != "uniform" for sel in learners):
+    if needs_reference and not opts.reference:
         cfgs["reference"] = run_config(
             "reference", "uniform", data, out, sizes, opts, fits_in_memory(inputs["curated"])
         )
     for name in learners:
         cfgs[name] = run_config(name, name, data, out, sizes, opts, fits_in_memory(inputs["pool"]))
-    write_suite(out, cfgs, opts.seed, opts.model)
+    chance = 1.0 / max(1, inputs["eval"].count)
+    write_suite(out, cfgs, opts.seed, opts.model, chance)
 
     def interrupted(stage: str) -> dict[str, Any]:
         stages[stage] = "interrupted"
@@ -186,35 +201,74 @@ def pipeline(
         )
         return result
 
-    # 2-3. The reference and its cache over the pool.
-    if "reference" in cfgs:
-        say(
-            f"[2/{STAGES}] reference: uniform training on CURATED -> {out / 'runs/reference'}",
-            quiet,
-        )
-        final, stages["reference"] = train_run(cfgs["reference"], out / "runs" / "reference", quiet)
-        say_skipped(stages["reference"], quiet)
-        if final.get("interrupted"):
-            return interrupted("reference")
-        result["runs"]["reference"] = final
+    # 2-3. The reference (trained on CURATED, or pretrained as given) and its cache over the pool,
+    # then whether it can guide selection on this pool.
+    diag: dict[str, Any] | None = None
+    if needs_reference:
+        if "reference" in cfgs:
+            say(
+                f"[2/{STAGES}] reference: uniform training on CURATED -> {out / 'runs/reference'}",
+                quiet,
+            )
+            final, stages["reference"] = train_run(
+                cfgs["reference"], out / "runs" / "reference", quiet
+            )
+            say_skipped(stages["reference"], quiet)
+            if final.get("interrupted"):
+                return interrupted("reference")
+            result["runs"]["reference"] = final
+        else:
+            say(f"[2/{STAGES}] reference: pretrained {opts.reference} (not trained)", quiet)
+            stages["reference"] = "pretrained"
         say(
             f"[3/{STAGES}] cache: the reference's embeddings over POOL -> {out / 'caches/reference'}",
             quiet,
         )
-        stages["cache"] = publish_reference(out, inputs["pool"], opts.device, opts.progress)
+        stages["cache"] = publish_reference(
+            out, inputs["pool"], opts.device, opts.progress,
+            pretrained=reference_source(out, opts) if opts.reference else "",
+        )  # fmt: skip
         say_skipped(stages["cache"], quiet)
+        diag = run_diagnostic(out, inputs, opts)
+        say("  will JEST help? " + diag["verdict"], quiet)
+        for h in diag["helps"]:
+            say(f"    would help: {h}", quiet)
     else:
         say(f"[2-3/{STAGES}] reference and cache: not needed (uniform selection)", quiet)
         stages["reference"] = stages["cache"] = "not needed"
 
     # 4. The learner(s), the same length and batch size.
+    length: dict[str, Any] = {"rule": sizes.steps_rule, "steps": sizes.steps}
+    if sizes.steps_rule == "epochs":
+        length["epochs"] = opts.epochs
     for name in learners:
         say(f"[4/{STAGES}] learner: {name} on POOL -> {out / 'runs' / name}", quiet)
-        final, stages[name] = train_run(cfgs[name], out / "runs" / name, quiet)
+        if plateau and name == "uniform":
+            final, stages[name], info = train_to_plateau(
+                cfgs[name], out / "runs" / name, sizes.steps, chance, TARGET_METRIC, quiet
+            )
+            if final.get("interrupted"):
+                return interrupted(name)
+            length = info
+            for other, cfg in cfgs.items():
+                if other != "reference":
+                    cfg.train.steps = info["steps"]
+            say(f"  run length: {describe_rule(info, TARGET_METRIC)}", quiet)
+            result["sizes"]["steps"] = info["steps"]
+            record.update(sizes=result["sizes"], run_length=info)
+            write_json(plan_file, record)
+            write_suite(out, cfgs, opts.seed, opts.model, chance)
+        else:
+            final, stages[name] = train_run(cfgs[name], out / "runs" / name, quiet)
         say_skipped(stages[name], quiet)
         if final.get("interrupted"):
             return interrupted(name)
         result["runs"][name] = final
+
+    sections = report_sections(result["runs"], length, diag, opts, cfgs, chance)
+    write_suite(out, cfgs, opts.seed, opts.model, chance, sections)
+    result["diagnostic"] = diag
+    result["run_length"] = length
 
     # 5. The report.
     say(f"[5/{STAGES}] report: {out / 'report.md'}", quiet)

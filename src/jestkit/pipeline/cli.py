@@ -15,20 +15,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from jestkit.data.transforms import RESIZE_MODES
 
     parser.add_argument(
-        "--pool", help="the large, noisy set: shard folder or CSV/TSV/JSONL/parquet"
+        "--pool",
+        help="the large, noisy set: CSV/TSV/JSONL/parquet, a jestkit shard folder, or img2dataset "
+        "shards (a folder of .tar, or a brace pattern such as 'pool/{00000..00123}.tar')",
     )
     parser.add_argument("--curated", help="the small, clean set the reference learns from")
     parser.add_argument("--eval", help="held-out set for retrieval (and zero-shot with labels)")
     parser.add_argument("--out", help="pipeline folder (data, runs, report)")
     parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help="registered model (default: %(default)s)"
+        "--model",
+        default=DEFAULT_MODEL,
+        help="registered model, or py:package.module:function returning an open_clip-style "
+        "(model, preprocess, tokenizer) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--reference",
+        default="",
+        help="a pretrained reference instead of training one on CURATED: a model folder or "
+        "py:package.module:function (e.g. an open_clip model; see docs/your-data.md)",
     )
     parser.add_argument("--selector", default="jest", choices=SELECTORS)
     parser.add_argument(
         "--filter-ratio", type=float, default=0.8, help="f: N = b / (1 - f) (default 0.8)"
     )
     parser.add_argument(
-        "--steps", type=int, default=None, help="learner steps (default: by pool size)"
+        "--steps",
+        type=int,
+        default=None,
+        help="learner steps (default: until the uniform baseline's eval metric plateaus)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=float,
+        default=None,
+        help="learner length as passes of batches over POOL (instead of --steps)",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=3000,
+        help="cap of the default length (the uniform baseline's plateau) (default 3000)",
     )
     parser.add_argument(
         "--reference-steps",
@@ -116,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     result = pipeline(
         args.pool, args.curated, args.eval, args.out, model=args.model, selector=args.selector,
         filter_ratio=args.filter_ratio, steps=args.steps, reference_steps=args.reference_steps,
+        epochs=args.epochs, max_steps=args.max_steps, reference=args.reference,
         batch_size=args.batch_size, compare=tuple(args.compare), seed=args.seed,
         channels=args.channels, resize=args.resize, classes=_classes_arg(args.classes),
         templates=tuple(args.templates), overrides=tuple(args.overrides), device=args.device,

@@ -17,7 +17,7 @@ import numpy as np
 from jestkit.errors import check
 from jestkit.pipeline.inputs import Input
 from jestkit.pipeline.options import PipelineOptions, model_config
-from jestkit.pipeline.util import warn
+from jestkit.pipeline.util import say, warn
 
 _COLOUR_MODES = {"RGB", "RGBA", "RGBX", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
 
@@ -52,6 +52,8 @@ def _target_channels(inputs: dict[str, Input], out: Path, opts: PipelineOptions)
         if done.is_file():
             if json.loads(done.read_text(encoding="utf-8")).get("in_channels") == 3:
                 return 3
+        elif inp.kind == "img2dataset":
+            return 3  # web images (JPEG/PNG/WebP): colour
         elif inp.kind == "shards":
             if int(inp.info["in_channels"]) == 3:
                 return 3
@@ -168,6 +170,25 @@ def prepare_data(
                     f"--{inp.name} {inp.arg}: {n} row(s) skipped in conversion ({reasons})",
                     warnings,
                 )
+        elif inp.kind == "img2dataset":  # read in place: a view at the model's size, no copy
+            from jestkit.data.img2dataset import open_source
+
+            before = (dest / "train" / "split.json").is_file()
+            view = open_source(
+                inp.arg, size, channels, opts.resize, out=dest / "train", progress=opts.progress
+            )
+            status = "done" if not before else status
+            inp.split_dir = view
+            info = read_split_info(view)
+            if info.get("skipped"):
+                from jestkit.data.shards import BadRecords
+
+                bad = BadRecords.from_dict(info.get("bad_records") or {})
+                warn(f"--{inp.name} {inp.arg}: {bad.summary()}", warnings)
+            say(
+                f"  {inp.name}: img2dataset shards read in place; {info['transform']['note']}",
+                not opts.progress,
+            )
         else:
             status = "done"
             if inp.kind == "file":

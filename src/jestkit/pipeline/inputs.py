@@ -26,7 +26,7 @@ class Input:
     name: str
     arg: str
     path: Path
-    kind: str  # file | shards
+    kind: str  # file | shards | img2dataset (standard webdataset shards, read in place)
     fingerprint: str
     split_dir: Path | None = None  # the shards the runs read (after conversion)
     count: int = 0
@@ -43,10 +43,21 @@ def _file_sha256(path: Path) -> str:
 
 def resolve_input(name: str, value: str | os.PathLike) -> Input:
     """POOL / CURATED / EVAL as given: a table file to convert, or a shard folder to read."""
+    from jestkit.data.img2dataset import expand_source, is_source
     from jestkit.data.make_shards import FORMATS
     from jestkit.data.shards import read_split_info, resolve_split_dir
 
     arg = str(value)
+    if is_source(value):  # img2dataset shards: a folder of .tar, a .tar, or a brace pattern
+        try:
+            tars = expand_source(value)
+        except JestkitError as e:
+            raise JestkitError(f"--{name} {e}") from None
+        h = hashlib.sha256()
+        for t in tars:
+            st = t.stat()
+            h.update(f"{t}:{st.st_size}:{st.st_mtime_ns};".encode())
+        return Input(name, arg, tars[0].parent, "img2dataset", "tars:" + h.hexdigest())
     path = Path(value).expanduser()
     check(path.exists(), f"--{name} {arg!r}: no such file or folder")
     if path.is_file():

@@ -57,11 +57,26 @@ def run_config(
         cfg.train.eval_every = sizes.eval_every
         cfg.train.checkpoint_every = sizes.checkpoint_every
         cfg.optim.warmup_steps = sizes.warmup_steps
+        if sizes.steps_rule == "plateau":
+            # Constant after warmup: the run length is found while training (pipeline.sizing),
+            # and every method gets the same schedule.
+            cfg.optim.min_lr_ratio = 1.0
         if selector != "uniform":
-            cfg.selection.reference = str((out / "references" / "reference").resolve())
+            cfg.selection.reference = reference_source(out, opts)
             cfg.selection.reference_cache = str((out / "caches" / "reference").resolve())
     apply_overrides(cfg, opts.overrides)
     return validate(cfg)
+
+
+def reference_source(out: Path, opts: PipelineOptions) -> str:
+    """The reference the learners use: --reference as given (pretrained), or the trained one."""
+    from jestkit.models.factory import is_factory
+
+    if is_factory(opts.reference):
+        return opts.reference
+    if opts.reference:
+        return str(Path(opts.reference).resolve())
+    return str((out / "references" / "reference").resolve())
 
 
 def fits_in_memory(inp: Input) -> bool:
@@ -86,14 +101,20 @@ def train_run(cfg: Any, run_dir: Path, quiet: bool) -> tuple[dict[str, Any], str
     return train(cfg, run_dir, resume="latest"), "resumed" if ckpt is not None else "done"
 
 
-def publish_reference(out: Path, pool: Input, device: str, progress: bool) -> str:
-    """Stage 3: export the reference run's model and cache it over POOL (each skipped if valid)."""
+def publish_reference(
+    out: Path, pool: Input, device: str, progress: bool, pretrained: str = ""
+) -> str:
+    """Stage 3: export the reference run's model (or take the ``pretrained`` one as given) and
+    cache it over POOL (each skipped if valid)."""
     from jestkit.distributed import resolve_device
     from jestkit.stages import cache_reference, export_reference
 
     model_dir = out / "references" / "reference"
-    status = "skipped" if (model_dir / "config.json").is_file() else "done"
-    export_reference(out / "runs" / "reference", model_dir)
+    status = "skipped" if pretrained or (model_dir / "config.json").is_file() else "done"
+    if pretrained:
+        model_dir = pretrained  # a folder or py:module:function: load_pretrained reads both
+    else:
+        export_reference(out / "runs" / "reference", model_dir)
     cache_dir = out / "caches" / "reference"
     before = (
         (cache_dir / "meta.json").stat().st_mtime_ns
@@ -108,8 +129,19 @@ def publish_reference(out: Path, pool: Input, device: str, progress: bool) -> st
     return "done" if before != after else status
 
 
-def write_suite(out: Path, cfgs: dict[str, Any], seed: int, family: str) -> None:
-    """OUT/suite.json: the runs as a suite, so `jestkit report OUT` (and build_report) reads it."""
+def write_suite(
+    out: Path,
+    cfgs: dict[str, Any],
+    seed: int,
+    family: str,
+    chance_level: float | None = None,
+    sections: list[dict[str, Any]] | None = None,
+) -> None:
+    """OUT/suite.json: the runs as a suite, so `jestkit report OUT` (and build_report) reads it.
+
+    ``chance_level`` (1 / eval size) lets the report flag near-chance methods; ``sections``
+    (``{"title", "lines"}``) are the pipeline's own report sections (run length, diagnostic).
+    """
     learners = {n: c for n, c in cfgs.items() if n != "reference"}
     uniform = [n for n, c in learners.items() if c.selection.method == "uniform"]
     entries = []
@@ -124,7 +156,7 @@ def write_suite(out: Path, cfgs: dict[str, Any], seed: int, family: str) -> None
                 "kind": "reference" if ref else "learner",
                 "family": family,
                 "baseline": None if ref or not uniform else uniform[0],
-                "reference": "reference" if scores and not ref else None,
+                "reference": "reference" if scores and not ref and "reference" in cfgs else None,
                 "selection": cfg.selection.method,
                 "criterion": cfg.selection.criterion,
                 "filter_ratio": cfg.selection.filter_ratio,
@@ -141,6 +173,8 @@ def write_suite(out: Path, cfgs: dict[str, Any], seed: int, family: str) -> None
             "final_eval_table": True,
             "mode": "pipeline",
             "target_metric": TARGET_METRIC,
+            "chance_level": chance_level,
+            "sections": sections or [],
             "runs": entries,
         },
     )

@@ -57,6 +57,7 @@ def build_report(
         f"final_evals must be an int >= 1, got {final_evals!r}",
     )
     methods = compute_methods(runs, metric, final_evals)
+    chance_notes = flag_near_chance(methods, suite.get("chance_level"))
     claims_eval = Claims(methods, runs, min_seeds=min_seeds, metric_name=metric.split("/")[-1])
     # A suite that is not a reproduction (e.g. `jestkit pipeline` on a user's data) sets
     # "claims": false: the paper's claims table would only say "not measured".
@@ -75,10 +76,12 @@ def build_report(
         }
         for r in runs
     ]
-    notes = _notes(runs, methods, metric)
+    notes = _notes(runs, methods, metric) + chance_notes
     report = {
         "title": str(suite.get("title") or "JEST reproduction report"),
         "final_eval_table": bool(suite.get("final_eval_table", False)),
+        "chance_level": suite.get("chance_level"),
+        "sections": list(suite.get("sections") or []),
         "target_metric": metric,
         "suite_dir": str(suite_dir),
         "min_seeds": min_seeds,
@@ -118,6 +121,44 @@ DECISION_RULE = (
     f"MDE = (t_0.975,df + t_{POWER:.2f},df) x SE: the true distance from the threshold detected "
     f"with {POWER:.0%} power (a factor on the ratio scale)."
 )
+
+
+CHANCE_FACTOR = 3.0  # "within a few chance levels": a method that did not learn
+
+
+def flag_near_chance(methods: dict[str, dict[str, Any]], chance: float | None) -> list[str]:
+    """Mark methods whose final metric is within CHANCE_FACTOR x chance (1 / eval size) and drop
+    every speed-up measured against such a baseline (a baseline that never learned makes any
+    ratio meaningless). Returns notes saying so."""
+    if not chance:
+        return []
+    notes = []
+    for name, m in methods.items():
+        v = m.get("final_metric")
+        m["near_chance"] = v is not None and math.isfinite(v) and v < CHANCE_FACTOR * chance
+        if m["near_chance"]:
+            notes.append(
+                f"method {name} ended at {v:.4f}, within {CHANCE_FACTOR:g} chance levels "
+                f"(chance = 1 / eval size = {chance:.4f}): it did not learn measurably"
+            )
+    for name, m in methods.items():
+        base = methods.get(m.get("baseline") or "")
+        if base is not None and base is not m and base.get("near_chance"):
+            for key in (
+                "speedup", "speedup_vs_run_length", "speedup_vs_baseline_saturation",
+                "flops_speedup",
+            ):  # fmt: skip
+                m[key] = None
+            vs = m.get("vs_baseline") or {}
+            for key in [k for k in vs if "speedup" in k]:
+                vs[key] = None
+            m["speedup_withheld"] = True
+            notes.append(
+                f"method {name}: no speed-up is given, its baseline {m['baseline']} is within "
+                f"{CHANCE_FACTOR:g} chance levels (train longer: --steps, or the default "
+                "length, which trains the baseline until it plateaus)"
+            )
+    return notes
 
 
 def _clean(obj: Any) -> Any:

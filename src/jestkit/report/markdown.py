@@ -40,6 +40,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             ),
             "",
         ]
+    for section in report.get("sections") or []:
+        lines += [f"## {section['title']}", "", *section["lines"], ""]
     if report["claims"]:
         lines += _claims(report)
     lines += _methods(report, short)
@@ -138,7 +140,7 @@ def _methods(report: dict[str, Any], short: str) -> list[str]:
         bound = " (bound: a seed never reached)" if never else ""
         sp = "–" if is_base else _ci(vs.get("speedup")) + bound
         lines.append(
-            f"| {name}{' (baseline)' if is_base else ''} | {m['seeds']} "
+            f"| {name}{' (baseline)' if is_base else ''}{' (near chance)' if m.get('near_chance') else ''} | {m['seeds']} "
             f"| {m['final_metric']:.4f} ± {m['final_metric_std']:.4f} | {_cell(m['baseline'])} "
             f"| {diff} | {_cell(m['steps_to_target'], '.0f')}{per_txt} | {sp} "
             f"| {'–' if is_base else _ci(vs.get('speedup_vs_run_length'))} "
@@ -357,7 +359,7 @@ def _bias(rows: list[dict[str, Any]]) -> list[str]:
 
 def _scorers(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "## Cheap scoring (jestkit.scorers)",
+        "## Cheap scoring (jestkit.sources)",
         "",
         "Each cheap-scorer run against the full-learner-scoring run it replaces (same family, "
         "steps, batch). Scoring FLOPs per step include a proxy's own training step. The step-time "
