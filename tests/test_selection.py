@@ -599,7 +599,8 @@ def test_generator_on_the_wrong_device(scores):
 def test_bad_selectors(scores):
     learner, reference, _ = scores
     with pytest.raises(
-        JestkitError, match=r"selector must be one of uniform, independent, jest, got 'joint'"
+        JestkitError,
+        match=r"selector must be one of uniform, independent, jest, flexi-jest, got 'joint'",
     ):
         make_selector("joint")
     with pytest.raises(

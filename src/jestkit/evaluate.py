@@ -474,8 +474,9 @@ class Evaluator:
         fault_point("eval.start")  # crash tests (jestkit.faults); otherwise a no-op
         with inference_mode(model):
             if self.images is not None:
-                img = embed_images(model, self.images, device=device, chunk=bs, validate=False)
-                txt = embed_texts(model, self.tokens, device=device, chunk=bs, validate=False)
+                # Validated here, once per evaluation: the eval set is user data at a boundary.
+                img = embed_images(model, self.images, device=device, chunk=bs)
+                txt = embed_texts(model, self.tokens, device=device, chunk=bs)
                 out.update(
                     retrieval_metrics(
                         img,
@@ -489,9 +490,7 @@ class Evaluator:
                 cls_emb = _class_embeddings_from_tokens(
                     model, self.prompt_tokens, len(self.classes), bs
                 )
-                img = embed_images(
-                    model, self.zeroshot_images, device=device, chunk=bs, validate=False
-                )
+                img = embed_images(model, self.zeroshot_images, device=device, chunk=bs)
                 out.update(zeroshot_metrics(img, cls_emb, self.zeroshot_labels.to(device)))
         return out
 

@@ -29,6 +29,7 @@ def run_config(
     `in_memory`: decode the training split into RAM once (the fast path), else stream it.
     """
     from jestkit.config import RunConfig, apply_overrides, validate
+    from jestkit.step import FLEXI_MULTIRES_FRACTION
 
     cfg = RunConfig(name=name)
     cfg.data.dir = str(data.resolve())
@@ -61,6 +62,10 @@ def run_config(
             # Constant after warmup: the run length is found while training (pipeline.sizing),
             # and every method gets the same schedule.
             cfg.optim.min_lr_ratio = 1.0
+        if selector == "flexi-jest":
+            # Stated in the run's config (step.plan would default it too), so config.json says
+            # what the run trained with.
+            cfg.train.multires_fraction = FLEXI_MULTIRES_FRACTION
         if selector != "uniform":
             cfg.selection.reference = reference_source(out, opts)
             cfg.selection.reference_cache = str((out / "caches" / "reference").resolve())
