@@ -83,6 +83,31 @@ def test_numbers_match_the_runs(suite):
         assert m["steps_to_target_per_seed"][0] == pytest.approx(step)
 
 
+def test_uniform_frontier_and_learning_rate_grid_are_trained_and_used(suite):
+    out, report = suite
+    size = SIZES["smoke"]
+    lr = json.loads((out / "runs" / "uniform-s0" / "config.json").read_text())["optim"]["lr"]
+    # The frontier: uniform with its whole schedule in fewer steps, paired by seed.
+    for frac in size.frontier:
+        t = round(size.steps * frac)
+        cfg = json.loads((out / "runs" / f"uniform-T{t}-s0" / "config.json").read_text())
+        assert cfg["train"]["steps"] == t and cfg["optim"]["lr"] == lr
+        assert read_metrics(out / "runs" / f"uniform-T{t}-s0" / "metrics.jsonl")[-1]["final"]
+        assert report["methods"][f"uniform-T{t}"]["tags"]["frontier_of"] == "uniform"
+    # Uniform's yardstick (the least of run length, own saturation, frontier) is within its run.
+    for m in report["methods"].values():
+        for b in m["baseline_steps_to_target_per_seed"] or []:
+            assert b is None or b <= size.steps
+    (grid,) = report["lr_grid"]
+    assert grid["baseline"] == "uniform" and grid["baseline_lr"] == lr
+    assert sorted(g["lr"] for g in grid["grid"]) == sorted([lr, *(lr * m for m in size.lr_grid)])
+    finals = {g["method"]: g["final"] for g in grid["grid"]}
+    assert finals[grid["pick"]] == max(finals.values())
+    # Sweep-tagged runs never stand in for a claim's method.
+    claimed = {n for c in report["claims"] for n in json.dumps(c.get("measured", {})).split('"')}
+    assert not any(n.startswith(("uniform-T", "uniform-lr")) for n in claimed)
+
+
 def test_scoring_runs_use_their_reference_cache(suite):
     out, _ = suite
     cfg = json.loads((out / "runs" / "jest-f0.8-s0" / "config.json").read_text())
