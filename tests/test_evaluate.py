@@ -346,16 +346,6 @@ def test_evaluator_max_examples_and_missing_parts():
         ev.Evaluator.from_data(DigitTokenizer(), "cpu", batch_size=0, **data)
 
 
-def test_resolve_device():
-    assert ev.resolve_device("cpu") == torch.device("cpu")
-    assert ev.resolve_device("auto").type in ("cpu", "cuda")
-    with pytest.raises(JestkitError, match="--device 'tpu9'"):
-        ev.resolve_device("tpu9")
-    if not torch.cuda.is_available():
-        with pytest.raises(JestkitError, match="CUDA is not available"):
-            ev.resolve_device("cuda")
-
-
 # ----------------------------------------------------------------------------- end to end
 
 

@@ -64,6 +64,46 @@ def test_flops_on_cpu_tensors_without_attention():
     assert counted(lambda: model.encode_text(tokens)) == 4 * f["text"]
 
 
+class PooledPixels(torch.nn.Module):
+    """A new image tower kind, written the way a user would add one: it builds itself and
+    knows its FLOPs; registering it is one table entry."""
+
+    def __init__(self, in_features: int, embed_dim: int):
+        super().__init__()
+        self.head = torch.nn.Linear(in_features, embed_dim)
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls(cfg.in_channels * (cfg.image_size // 2) ** 2, cfg.embed_dim)
+
+    @staticmethod
+    def flops(cfg, patch_size=None):
+        return 2 * cfg.in_channels * (cfg.image_size // 2) ** 2 * cfg.embed_dim
+
+    def reset_parameters(self, generator=None):
+        torch.nn.init.normal_(self.head.weight, std=0.02, generator=generator)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, x):
+        return self.head(torch.nn.functional.avg_pool2d(x, 2).flatten(1))
+
+
+def test_a_new_tower_kind_is_one_table_entry(monkeypatch):
+    from jestkit.models import towers
+    from jestkit.models.dual_encoder import DualEncoder
+
+    cfg = get_model_config("mlp-tiny-28").replace(name="pooled")
+    with pytest.raises(JestkitError, match="image_kind='pooled'"):
+        cfg.replace(image_kind="pooled")
+    monkeypatch.setitem(towers.IMAGE_TOWERS, "pooled", PooledPixels)
+    cfg = cfg.replace(image_kind="pooled")  # the config now accepts the kind
+    model = DualEncoder(cfg)
+    assert isinstance(model.visual, PooledPixels)
+    images = torch.rand(3, 1, 28, 28)
+    assert per_example(lambda n: model.visual(images[:n])) == forward_flops(cfg)["image"]
+    assert forward_flops(cfg)["image"] == PooledPixels.flops(cfg)
+
+
 def test_token_count_and_flops_scale_with_patch_size():
     cfg = get_model_config("vit-b16")
     tokens = [num_image_tokens(cfg, p) for p in cfg.patch_sizes]

@@ -14,6 +14,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "jestkit"
 LAYERS: dict[str, int] = {
     # 0. the pure-tensor core and its small helpers: no models, no data, no files
     "errors": 0, "rng": 0, "losses": 0, "scoring": 0, "selection": 0, "fsutil": 0, "faults": 0,
+    "devices": 0,
     # 1. models and data (and the FLOP arithmetic over model configs, progress output)
     "models": 1, "data": 1, "flops": 1, "progress": 1,
     # 2. training: config, the step, the run, the stages before it, the loop, and the libraries

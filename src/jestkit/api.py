@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from jestkit.devices import model_device
 from jestkit.errors import JestkitError
 from jestkit.models.embed import embed
 from jestkit.scoring import Embeddings, normalize_criterion
@@ -44,12 +45,6 @@ __all__ = [
 
 def _model_name(model: Any) -> str:
     return type(model).__name__
-
-
-def _model_device(model: Any, fallback: torch.device) -> torch.device:
-    params = getattr(model, "parameters", None)
-    p = next(iter(params()), None) if callable(params) else None
-    return p.device if p is not None else fallback
 
 
 def _check_model(model: Any, name: str) -> None:
@@ -138,7 +133,7 @@ def model_embeddings(
     ):
         raise JestkitError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     return embed(
-        model, images, tokens, patch_size=patch_size, device=_model_device(model, images.device),
+        model, images, tokens, patch_size=patch_size, device=model_device(model, images.device),
         chunk=batch_size or 0, normalize=True,
     )  # fmt: skip
 

@@ -44,7 +44,7 @@ from safetensors import SafetensorError
 
 from jestkit.errors import JestkitError, check
 from jestkit.faults import fault_point
-from jestkit.fsutil import fsync_dir
+from jestkit.fsutil import atomic_write, fsync_dir
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
@@ -220,17 +220,7 @@ def _write_manifest(directory: Path, step: int) -> None:
 
 
 def _write_pointer(root: Path, name: str) -> None:
-    tmp = root / f"{LATEST_FILE}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(name + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, root / LATEST_FILE)
-    except BaseException:
-        _remove(tmp)
-        raise
-    fsync_dir(root)
+    atomic_write(root / LATEST_FILE, name + "\n")
 
 
 def _write_model_files(directory: Path, model: torch.nn.Module, tokenizer: Any) -> None:

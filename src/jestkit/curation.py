@@ -42,7 +42,9 @@ from jestkit.data import (
     resolve_split_dir,
     uid_to_int,
 )
+from jestkit.devices import resolve_device
 from jestkit.errors import JestkitError
+from jestkit.fsutil import atomic_write
 from jestkit.losses import sigmoid_positive_losses
 from jestkit.models.embed import embed
 
@@ -209,16 +211,11 @@ def _check_out(out: Path, overwrite: bool, flag: str = "--out") -> None:
 
 def _atomic(out: Path, write) -> None:
     """``write(tmp_path)`` then rename into place: readers never see a half-written file."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, out)
+        atomic_write(out, write)
     except OSError as e:  # a full disk or read-only folder (pyarrow raises OSError too)
         raise JestkitError(f"--out {out}: cannot write it ({e})") from e
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_scores(table: pa.Table, out: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -400,15 +397,6 @@ def load_uids(path: str | os.PathLike) -> np.ndarray:
 # ----------------------------------------------------------------------------- CLI
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise JestkitError(f"--device: unknown device {name!r}") from None
-
-
 def _load_model(path: str, flag: str, device: torch.device):
     from jestkit.models import load_pretrained
     from jestkit.models.factory import is_factory
@@ -460,7 +448,7 @@ def run_score(args: argparse.Namespace) -> int:
     for d in args.shards:
         if not Path(d).exists() and not is_source(d):
             raise JestkitError(f"--shards {d}: split folder not found")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     reference, ref_tok = _load_model(args.model, "--model", device)
     shards = [split_for(d, reference, progress=not args.quiet) for d in args.shards]
     learner = learner_tok = None

@@ -18,7 +18,8 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from jestkit.errors import JestkitError, check
+from jestkit.devices import resolve_device
+from jestkit.errors import JestkitError
 
 T = TypeVar("T")
 
@@ -38,16 +39,10 @@ class World:
         return self.world_size > 1
 
 
-def resolve_device(name: str, world: World | None = None) -> torch.device:
-    """`auto` picks CUDA when present (one GPU per local rank), else CPU."""
-    world = world or World()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and world.distributed:
-        name = f"cuda:{world.local_rank}"
-    device = torch.device(name)
+def rank_device(name: str, world: World) -> torch.device:
+    """This rank's device for ``train.device=name`` (one GPU per local rank), made current."""
+    device = resolve_device(name, "train.device", world.local_rank if world.distributed else None)
     if device.type == "cuda":
-        check(torch.cuda.is_available(), f"train.device={name!r}: CUDA is not available here")
         torch.cuda.set_device(device)
     return device
 

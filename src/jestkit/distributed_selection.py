@@ -40,6 +40,7 @@ from jestkit.selection import (
     Shard,
     joint_sample_embeddings,
     selection_stats,
+    size_stats,
 )
 
 __all__ = ["DistributedSelector", "gather_embeddings", "global_top"]
@@ -167,4 +168,4 @@ class DistributedSelector:
         )
         if inner.stats:
             return idx, selection_stats(learner, reference, idx, inner.criterion)
-        return idx, {"pool_size": float(total), "batch_size": float(idx.numel())}
+        return idx, size_stats(total, idx.numel())

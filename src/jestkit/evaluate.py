@@ -32,9 +32,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from jestkit.devices import model_device, resolve_device
 from jestkit.errors import JestkitError, check
 from jestkit.faults import fault_point
-from jestkit.models.embed import embed_images, embed_texts, inference_mode, model_device
+from jestkit.fsutil import atomic_write
+from jestkit.models.embed import embed_images, embed_texts, inference_mode
 
 # Elements of one similarity block: 2^24 floats = 64 MiB, so N = 50k uses ~335 rows at a time.
 BLOCK_ELEMENTS = 1 << 24
@@ -521,25 +523,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu; otherwise a device that must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as e:
-        raise JestkitError(f"--device {name!r} is not a device: {e}") from e
-    if device.type == "cuda":
-        check(
-            torch.cuda.is_available(), f"--device {name!r}: CUDA is not available on this machine"
-        )
-        check(
-            device.index is None or device.index < torch.cuda.device_count(),
-            f"--device {name!r}: only {torch.cuda.device_count()} CUDA devices",
-        )
-    return device
-
-
 def _model_dir(path: Path) -> Path:
     if (path / "config.json").is_file():
         return path
@@ -577,9 +560,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-            tmp.write_text(text + "\n", encoding="utf-8")
-            os.replace(tmp, out)
+            atomic_write(out, text + "\n")
         except OSError as e:
             raise JestkitError(f"--out {args.out}: cannot write: {e}") from e
     return 0

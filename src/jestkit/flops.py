@@ -19,8 +19,9 @@ from typing import Any
 
 from jestkit.errors import JestkitError
 from jestkit.models.dual_encoder import DualEncoder, ModelConfig
-from jestkit.models.mlp import cnn_channels
 from jestkit.models.registry import get_model_config, list_models
+from jestkit.models.towers import image_tower, text_tower
+from jestkit.models.vit import vit_num_tokens
 
 TRAIN_MULTIPLIER = 3  # forward + backward (2x forward)
 KINDS = ("learner_train", "learner_score", "reference")
@@ -40,20 +41,11 @@ def _config(model_or_config: DualEncoder | ModelConfig | str) -> ModelConfig:
     )
 
 
-def _transformer_flops(tokens: int, width: int, hidden: int, depth: int) -> int:
-    """Forward FLOPs of ``depth`` pre-LN blocks over ``tokens`` tokens (one example)."""
-    t, d = tokens, width
-    linear = 2 * t * d * (3 * d + d + 2 * hidden)  # qkv, out proj, two MLP layers
-    attention = 2 * 2 * t * t * d  # QK^T and AV
-    return depth * (linear + attention)
-
-
 def num_image_tokens(cfg: ModelConfig, patch_size: int | None = None) -> int:
     """Tokens the image tower's transformer sees (0 for non-ViT towers)."""
     if cfg.image_kind != "vit":
         return 0
-    p = patch_size or cfg.patch_sizes[0]
-    return (cfg.image_size // p) ** 2 + (cfg.pooling == "cls")
+    return vit_num_tokens(cfg.image_size, patch_size or cfg.patch_sizes[0], cfg.pooling)
 
 
 def image_flops(cfg: ModelConfig, patch_size: int | None = None) -> int:
@@ -66,25 +58,7 @@ def image_flops(cfg: ModelConfig, patch_size: int | None = None) -> int:
         raise JestkitError(
             f"patch_size={patch_size!r} is not one of model {cfg.name!r}'s patch_sizes {cfg.patch_sizes}"
         )
-    c, s, d, e = cfg.in_channels, cfg.image_size, cfg.image_width, cfg.embed_dim
-    if cfg.image_kind == "mlp":
-        return 2 * c * s * s * d + cfg.image_depth * 4 * d * cfg.image_hidden + 2 * d * e
-    if cfg.image_kind == "cnn":
-        flops, c_in, size = 0, c, s
-        for c_out in cnn_channels(d, cfg.image_depth):
-            size = (size - 1) // 2 + 1  # 3x3, stride 2, padding 1
-            flops += 2 * size * size * c_out * c_in * 9
-            c_in = c_out
-        return flops + 2 * c_in * e
-    p = patch_size or cfg.patch_sizes[0]
-    grid_tokens = (s // p) ** 2
-    tokens = num_image_tokens(cfg, p)
-    h = cfg.image_hidden
-    flops = 2 * grid_tokens * d * c * p * p  # patch embedding (= 2 d c s^2 for any p)
-    flops += _transformer_flops(tokens, d, h, cfg.image_depth)
-    if cfg.pooling == "map":  # one probe query: q, kv, attention, out proj, MLP
-        flops += 2 * d * d + 2 * tokens * d * 2 * d + 2 * 2 * tokens * d + 2 * d * d + 4 * d * h
-    return flops + 2 * d * e
+    return image_tower(cfg.image_kind).flops(cfg, patch_size)
 
 
 def text_flops(cfg: ModelConfig, text_length: int | None = None) -> int:
@@ -98,10 +72,7 @@ def text_flops(cfg: ModelConfig, text_length: int | None = None) -> int:
         raise JestkitError(
             f"text_length={text_length!r} must be an int in [1, context_length={cfg.context_length}]"
         )
-    d, e, h = cfg.text_width, cfg.embed_dim, cfg.text_hidden
-    if cfg.text_kind == "mlp":  # shorter inputs are padded to context_length
-        return 2 * cfg.context_length * d * d + cfg.text_depth * 4 * d * h + 2 * d * e
-    return _transformer_flops(length, d, h, cfg.text_depth) + 2 * d * e
+    return text_tower(cfg.text_kind).flops(cfg, length)
 
 
 def forward_flops(

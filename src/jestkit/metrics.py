@@ -25,6 +25,7 @@ import torch
 
 from jestkit.errors import JestkitError, check
 from jestkit.faults import fault_point
+from jestkit.fsutil import atomic_write
 
 # ----------------------------------------------------------------------------- JSON records
 
@@ -113,28 +114,6 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     return [rec for _, rec in _parse_lines(path, data)]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 def _scalars(record: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """Numeric leaves of a (nested) record, keys joined with '/' (TensorBoard tags)."""
     out: dict[str, float] = {}
@@ -207,7 +186,7 @@ class MetricsWriter:
             records = [(raw, r) for raw, r in records if not _after(r, truncate_after_step)]
         new = b"".join(raw for raw, _ in records)
         if new != data:
-            _atomic_write(self.path, new)
+            atomic_write(self.path, new)
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Append ``record`` (a dict with an int ``step``) as one line and flush it."""

@@ -31,7 +31,7 @@ from jestkit.data import (
     uid_to_int,
 )
 from jestkit.data.loader import read_captions
-from jestkit.distributed import World, resolve_device, wrap_model
+from jestkit.distributed import World, rank_device, wrap_model
 from jestkit.distributed_selection import DistributedSelector
 from jestkit.errors import JestkitError, check
 from jestkit.evaluate import Evaluator
@@ -198,7 +198,7 @@ class RunState:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise JestkitError(f"--out {str(out)!r}: cannot create the output folder ({e})") from e
-        device = resolve_device(cfg.train.device, world)
+        device = rank_device(cfg.train.device, world)
         manifest = load_manifest(inputs.dataset_dir)
 
         ckpt = resume_path(out, resume)

@@ -54,6 +54,7 @@ __all__ = [
     "joint_sample_embeddings",
     "make_selector",
     "selection_stats",
+    "size_stats",
     "super_batch_size",
     "uniform_sample",
 ]
@@ -478,9 +479,12 @@ def selection_stats(
             names.append("pool_joint_term_spread")
             values.append(cross.std(correction=0))
     out = dict(zip(names, torch.stack([v.double() for v in values]).tolist(), strict=True))
-    out["pool_size"] = float(n)
-    out["batch_size"] = float(k)
-    return out
+    return out | size_stats(n, k)
+
+
+def size_stats(pool_size: int, batch_size: int) -> dict[str, float]:
+    """The diagnostics every selector reports, also when ``stats`` is off or there are no scores."""
+    return {"pool_size": float(pool_size), "batch_size": float(batch_size)}
 
 
 # ----------------------------------------------------------------------------- selectors
@@ -539,7 +543,7 @@ class UniformSelector:
         idx = uniform_sample(pool, k, generator, device=device)
         if self.stats and (learner is not None or reference is not None):
             return idx, selection_stats(learner, reference, idx, self.criterion)
-        return idx, {"pool_size": float(pool), "batch_size": float(idx.numel())}
+        return idx, size_stats(pool, idx.numel())
 
 
 @dataclass
@@ -571,7 +575,7 @@ class IndependentSelector:
         idx = independent_sample(scores, k, generator, self.temperature, self.method)
         if self.stats:
             return idx, selection_stats(learner, reference, idx, self.criterion)
-        return idx, {"pool_size": float(pool), "batch_size": float(idx.numel())}
+        return idx, size_stats(pool, idx.numel())
 
 
 @dataclass
@@ -603,7 +607,7 @@ class JestSelector:
             idx = joint_sample(a, k, self.n_chunks, generator, self.temperature)
         if self.stats:
             return idx, selection_stats(learner, reference, idx, self.criterion)
-        return idx, {"pool_size": float(pool), "batch_size": float(idx.numel())}
+        return idx, size_stats(pool, idx.numel())
 
 
 # Every selection method, by the name configs and the CLI use: a new selector is added here.

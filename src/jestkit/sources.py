@@ -37,6 +37,7 @@ from torch import Tensor
 
 from jestkit import rng
 from jestkit.data import ReferenceCache, SuperBatch, uid_to_int
+from jestkit.devices import model_device
 from jestkit.errors import JestkitError, check
 from jestkit.flops import forward_flops
 from jestkit.losses import siglip_loss
@@ -67,10 +68,6 @@ def _fwd(model: torch.nn.Module, patch_size: int | None) -> int:
     return int(f["image"] + f["text"])
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    return next(_unwrap(model).parameters()).device
-
-
 class LearnerSource:
     """The default: the current learner embeds the whole super-batch every step."""
 
@@ -94,7 +91,7 @@ class LearnerSource:
             batch.images,
             self.tokenize(batch),
             patch_size=self.patch_size,
-            device=_model_device(model),
+            device=model_device(model),
             chunk=self.chunk,
             autocast=self.autocast,
             validate=False,  # the run checked its data against the model once, at the start
@@ -231,7 +228,7 @@ class SnapshotSource(LearnerSource):
             f"steps, selection.score_refresh is now {self.refresh}",
         )
         self._take_snapshot(int(state["refreshed_at"]))
-        device = _model_device(self.model)
+        device = model_device(self.model)
         self.snapshot.load_state_dict({k: v.to(device) for k, v in state["snapshot"].items()})
         if len(state["uids"]):
             uids = state["uids"].numpy().view(np.uint64)
@@ -270,7 +267,7 @@ class ProxySource(LearnerSource):
     def observe(self, chosen: SuperBatch, step: int) -> int:
         """One AdamW step of the proxy on the batch the learner is about to train on."""
         p = self.proxy.train()
-        device = _model_device(p)
+        device = model_device(p)
         images = chosen.images.to(device, non_blocking=True)
         tokens = self.tokenize(chosen).to(device, non_blocking=True)
         loss = siglip_loss(
@@ -296,7 +293,7 @@ class ProxySource(LearnerSource):
         _check_state(self.name, state)
         if state is None:
             return
-        device = _model_device(self.proxy)
+        device = model_device(self.proxy)
         self.proxy.load_state_dict({k: v.to(device) for k, v in state["model"].items()})
         self.optimizer.load_state_dict(state["optimizer"])
 
@@ -339,7 +336,7 @@ def learner_source(
                 f"selection.proxy_model={s.proxy_model!r} / selection.proxy_overrides="
                 f"{s.proxy_overrides!r}: {e}"
             ) from None
-        proxy.to(_model_device(base)).train()
+        proxy.to(model_device(base)).train()
         o = cfg.optim
         source: LearnerSource = ProxySource(
             proxy,
@@ -396,7 +393,7 @@ class OnlineReference:
             self.model,
             batch.images,
             self.tokenizer(batch.captions),
-            device=_model_device(self.model),
+            device=model_device(self.model),
             chunk=self.chunk,
             autocast=self.autocast,
             validate=False,

@@ -60,6 +60,7 @@ from jestkit.data.shards import (
 from jestkit.data.transforms import ImageTransform
 from jestkit.data.uids import UID_CHARS, fingerprint_uids, int_to_uid
 from jestkit.errors import JestkitError, check
+from jestkit.fsutil import replace_dir
 
 LAYOUT = "img2dataset"
 VIEW_VERSION = 1
@@ -372,9 +373,7 @@ def open_source(
     try:
         tmp.mkdir(parents=True)
         info = _write_view(tmp, tars, transform, str(source), key, strict, progress)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)
     except OSError as e:
         raise JestkitError(f"{out}: cannot write the view of {str(source)!r} ({e})") from e
     finally:

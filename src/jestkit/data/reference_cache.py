@@ -41,16 +41,12 @@ from jestkit.data.shards import (
     resolve_split_dir,
 )
 from jestkit.data.uids import fingerprint_uids, int_to_uid, uid_to_int
+from jestkit.devices import model_device
 from jestkit.errors import JestkitError
 
 CACHE_FORMAT = "jestkit-reference-cache"
 CACHE_VERSION = 1
 FILES = ("meta.json", "uids.npy", "image.npy", "text.npy")
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 class ReferenceCache:
@@ -309,7 +305,7 @@ class ReferenceCache:
             from jestkit.models import model_fingerprint as fingerprint_of
 
             model_fingerprint = fingerprint_of(model)
-        device = torch.device(device) if device is not None else _model_device(model)
+        device = torch.device(device) if device is not None else model_device(model)
         splits = [resolve_split_dir(d) for d in split_dirs]
         infos = [read_split_info(d) for d in splits]
         for d, info in zip(splits, infos, strict=True):

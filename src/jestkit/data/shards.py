@@ -46,6 +46,7 @@ from jestkit.data.uids import (
     uid_to_int,
 )
 from jestkit.errors import JestkitError
+from jestkit.fsutil import atomic_write, replace_dir
 
 MANIFEST_FILE = "dataset.json"
 SPLIT_FILE = "split.json"
@@ -152,12 +153,8 @@ class BadRecords:
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(obj, indent=2) + "\n")
     except OSError as e:
         raise JestkitError(f"{path}: cannot write it ({e})") from e
 
@@ -323,15 +320,9 @@ def publish_dir(tmp: Path, out: Path, overwrite: bool) -> None:
     try:
         if out.is_dir() and not any(out.iterdir()):
             out.rmdir()
-        if out.exists():
-            if not overwrite:
-                raise JestkitError(f"--out {out}: already exists (pass --overwrite to replace it)")
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        if out.exists() and not overwrite:
+            raise JestkitError(f"--out {out}: already exists (pass --overwrite to replace it)")
+        replace_dir(tmp, out)
     except OSError as e:
         raise JestkitError(f"--out {out}: cannot move the finished folder there ({e})") from e
 
@@ -793,9 +784,8 @@ def build_index(
         arrays = {k: v[has_meta] for k, v in arrays.items()}
         if cache:
             try:
-                tmp = d / f".index-{key}.tmp-{os.getpid()}.npz"
-                np.savez(tmp, bad=np.array(json.dumps(bad.to_dict())), **arrays)
-                os.replace(tmp, cache_path)
+                bad_json = np.array(json.dumps(bad.to_dict()))
+                atomic_write(cache_path, lambda tmp: np.savez(tmp, bad=bad_json, **arrays))
             except OSError:
                 pass  # read-only dataset: index again next time
     elif strict and bad.total:

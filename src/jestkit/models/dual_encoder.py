@@ -18,13 +18,11 @@ from torch import Tensor, nn
 
 from jestkit import rng
 from jestkit.errors import JestkitError
-from jestkit.models.towers import build_image_tower, build_text_tower
+from jestkit.models.towers import IMAGE_TOWERS, TEXT_TOWERS, image_tower, text_tower
 
 if TYPE_CHECKING:
     from jestkit.scoring import Embeddings
 
-IMAGE_KINDS = ("vit", "mlp", "cnn")
-TEXT_KINDS = ("transformer", "mlp")
 POOLINGS = ("gap", "cls", "map")
 TEXT_POOLINGS = ("mean", "eos")
 
@@ -105,8 +103,8 @@ class ModelConfig:
             return JestkitError(f"model config {self.name!r}: {msg}")
 
         for key, allowed in (
-            ("image_kind", IMAGE_KINDS),
-            ("text_kind", TEXT_KINDS),
+            ("image_kind", IMAGE_TOWERS),
+            ("text_kind", TEXT_TOWERS),
             ("pooling", POOLINGS),
             ("text_pooling", TEXT_POOLINGS),
         ):
@@ -228,8 +226,8 @@ class DualEncoder(nn.Module):
         # equal configs give equal weights and the global RNG is never touched.
         device = torch.empty(()).device
         with torch.device("meta"):
-            self.visual = build_image_tower(config)
-            self.text = build_text_tower(config)
+            self.visual = image_tower(config.image_kind).from_config(config)
+            self.text = text_tower(config.text_kind).from_config(config)
             self.logit_scale = nn.Parameter(torch.empty(()))
             self.logit_bias = nn.Parameter(torch.empty(()))
         self.to_empty(device=device)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from jestkit.devices import model_device
 from jestkit.models.dual_encoder import DualEncoder
 from jestkit.scoring import Embeddings
 
@@ -39,13 +40,6 @@ def inference_mode(model: Any) -> Iterator[None]:
     finally:
         if hasattr(model, "train"):
             model.train(was_training)
-
-
-def model_device(model: Any, fallback: torch.device | str = "cpu") -> torch.device:
-    """The device of the model's first parameter (``fallback`` for a parameterless model)."""
-    params = getattr(model, "parameters", None)
-    p = next(iter(params()), None) if callable(params) else None
-    return p.device if p is not None else torch.device(fallback)
 
 
 def encode_image(model: Any, images: Tensor, patch_size: int | None = None) -> Tensor:

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from jestkit.errors import JestkitError
-from jestkit.fsutil import fsync_dir
+from jestkit.fsutil import replace_dir
 from jestkit.models.dual_encoder import DualEncoder, ModelConfig
 from jestkit.models.tokenizer import Tokenizer
 
@@ -92,14 +92,7 @@ def save_pretrained(directory: str | os.PathLike, model: DualEncoder, tokenizer:
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         write_model_files(tmp, model, tokenizer)
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-            os.replace(directory, old / "x")
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-        fsync_dir(directory.parent)
+        replace_dir(tmp, directory)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

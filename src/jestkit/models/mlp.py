@@ -6,10 +6,17 @@ Flexi-JEST's low-resolution scoring does not apply to them; everything else does
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from jestkit.models.vit import Mlp, init_weights
+
+
+def mlp_tower_flops(in_features: int, width: int, depth: int, hidden: int, embed_dim: int) -> int:
+    """Forward FLOPs of an :class:`MlpTower` for one example (stem, blocks, projection)."""
+    return 2 * in_features * width + depth * 4 * width * hidden + 2 * width * embed_dim
 
 
 class ResidualMlp(nn.Module):
@@ -54,6 +61,22 @@ class ImageMlp(MlpTower):
     ):
         super().__init__(in_channels * image_size * image_size, width, depth, hidden, embed_dim)
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> ImageMlp:
+        """The tower a ``ModelConfig`` with ``image_kind="mlp"`` describes."""
+        return cls(
+            cfg.image_size, cfg.in_channels, cfg.image_width, cfg.image_depth, cfg.image_hidden,
+            cfg.embed_dim,
+        )  # fmt: skip
+
+    @staticmethod
+    def flops(cfg: Any, patch_size: int | None = None) -> int:
+        """Forward FLOPs for one image (no patch sizes: always full resolution)."""
+        pixels = cfg.in_channels * cfg.image_size * cfg.image_size
+        return mlp_tower_flops(
+            pixels, cfg.image_width, cfg.image_depth, cfg.image_hidden, cfg.embed_dim
+        )
+
 
 def cnn_channels(width: int, depth: int) -> list[int]:
     """Channels of the CNN's stages: ``width`` doubling each stage."""
@@ -74,6 +97,21 @@ class ImageCnn(nn.Module):
         self.norm = nn.LayerNorm(c_in)
         self.head = nn.Linear(c_in, embed_dim)
         self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ImageCnn:
+        """The tower a ``ModelConfig`` with ``image_kind="cnn"`` describes."""
+        return cls(cfg.in_channels, cfg.image_width, cfg.image_depth, cfg.embed_dim)
+
+    @staticmethod
+    def flops(cfg: Any, patch_size: int | None = None) -> int:
+        """Forward FLOPs for one image (no patch sizes: always full resolution)."""
+        flops, c_in, size = 0, cfg.in_channels, cfg.image_size
+        for c_out in cnn_channels(cfg.image_width, cfg.image_depth):
+            size = (size - 1) // 2 + 1  # 3x3, stride 2, padding 1
+            flops += 2 * size * size * c_out * c_in * 9
+            c_in = c_out
+        return flops + 2 * c_in * cfg.embed_dim
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:

@@ -9,12 +9,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jestkit.models.mlp import ResidualMlp
-from jestkit.models.vit import Block, init_weights
+from jestkit.models.mlp import ResidualMlp, mlp_tower_flops
+from jestkit.models.vit import Block, init_weights, transformer_flops
 
 PAD_ID = 0
 
@@ -58,6 +60,20 @@ class TextTransformer(nn.Module):
         self.head = nn.Linear(width, embed_dim)
         self.reset_parameters()
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> TextTransformer:
+        """The tower a ``ModelConfig`` with ``text_kind="transformer"`` describes."""
+        return cls(
+            cfg.vocab_size, cfg.context_length, cfg.text_width, cfg.text_depth, cfg.text_heads,
+            cfg.text_hidden, cfg.embed_dim, cfg.text_pooling,
+        )  # fmt: skip
+
+    @staticmethod
+    def flops(cfg: Any, length: int) -> int:
+        """Forward FLOPs for one caption of ``length`` tokens (padding trimmed, so it costs less)."""
+        d = cfg.text_width
+        return transformer_flops(length, d, cfg.text_hidden, cfg.text_depth) + 2 * d * cfg.embed_dim
+
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         init_weights(self, generator)
@@ -99,6 +115,22 @@ class TextMlp(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, embed_dim)
         self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> TextMlp:
+        """The tower a ``ModelConfig`` with ``text_kind="mlp"`` describes."""
+        return cls(
+            cfg.vocab_size, cfg.context_length, cfg.text_width, cfg.text_depth, cfg.text_hidden,
+            cfg.embed_dim,
+        )  # fmt: skip
+
+    @staticmethod
+    def flops(cfg: Any, length: int) -> int:
+        """Forward FLOPs for one caption: shorter inputs are padded to ``context_length``."""
+        return mlp_tower_flops(
+            cfg.context_length * cfg.text_width, cfg.text_width, cfg.text_depth, cfg.text_hidden,
+            cfg.embed_dim,
+        )  # fmt: skip
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:

@@ -13,6 +13,7 @@ The transformer blocks here are shared with the text tower.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -183,6 +184,22 @@ def init_weights(module: nn.Module, generator: torch.Generator | None = None) ->
             nn.init.zeros_(m.bias)
 
 
+def transformer_flops(tokens: int, width: int, hidden: int, depth: int) -> int:
+    """Forward FLOPs of ``depth`` pre-LN blocks over ``tokens`` tokens (one example).
+
+    The convention is :mod:`jestkit.flops`'s: matmuls only, a multiply-add is 2 FLOPs.
+    """
+    t, d = tokens, width
+    linear = 2 * t * d * (3 * d + d + 2 * hidden)  # qkv, out proj, two MLP layers
+    attention = 2 * 2 * t * t * d  # QK^T and AV
+    return depth * (linear + attention)
+
+
+def vit_num_tokens(image_size: int, patch_size: int, pooling: str) -> int:
+    """Tokens a ViT's blocks see: the patch grid, plus the [CLS] token under ``cls`` pooling."""
+    return (image_size // patch_size) ** 2 + (pooling == "cls")
+
+
 # ---- the image tower ------------------------------------------------------------------------
 class PatchEmbed(nn.Module):
     """A conv patch embedding whose kernel is stored at ``base`` and PI-resized on the fly."""
@@ -231,6 +248,26 @@ class FlexiViT(nn.Module):
         self.head = nn.Linear(width, embed_dim)
         self.reset_parameters()
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> FlexiViT:
+        """The tower a ``ModelConfig`` with ``image_kind="vit"`` describes."""
+        return cls(
+            cfg.image_size, cfg.in_channels, cfg.patch_sizes, cfg.image_width, cfg.image_depth,
+            cfg.image_heads, cfg.image_hidden, cfg.embed_dim, cfg.pooling,
+        )  # fmt: skip
+
+    @staticmethod
+    def flops(cfg: Any, patch_size: int | None = None) -> int:
+        """Forward FLOPs for one image at ``patch_size`` (None: full resolution)."""
+        p = patch_size or cfg.patch_sizes[0]
+        c, s, d, h = cfg.in_channels, cfg.image_size, cfg.image_width, cfg.image_hidden
+        tokens = vit_num_tokens(s, p, cfg.pooling)
+        flops = 2 * (s // p) ** 2 * d * c * p * p  # patch embedding (= 2 d c s^2 for any p)
+        flops += transformer_flops(tokens, d, h, cfg.image_depth)
+        if cfg.pooling == "map":  # one probe query: q, kv, attention, out proj, MLP
+            flops += 2 * d * d + 2 * tokens * d * 2 * d + 2 * 2 * tokens * d + 2 * d * d + 4 * d * h
+        return flops + 2 * d * cfg.embed_dim
+
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         init_weights(self, generator)
@@ -240,8 +277,7 @@ class FlexiViT(nn.Module):
                 nn.init.trunc_normal_(probe, std=0.02, generator=generator)
 
     def num_tokens(self, patch_size: int | None = None) -> int:
-        p = patch_size or self.patch_sizes[0]
-        return (self.image_size // p) ** 2 + (self.cls_token is not None)
+        return vit_num_tokens(self.image_size, patch_size or self.patch_sizes[0], self.pooling)
 
     def forward(self, images: Tensor, patch_size: int | None = None) -> Tensor:
         p = patch_size or self.patch_sizes[0]

@@ -19,7 +19,7 @@ DIAGNOSTIC_FILE = "diagnostic.json"
 
 def run_diagnostic(out: Path, inputs: dict[str, Input], opts: PipelineOptions) -> dict[str, Any]:
     """Measure the reference on CURATED, EVAL and POOL (kept in OUT/diagnostic.json, reused)."""
-    from jestkit.evaluate import resolve_device
+    from jestkit.devices import resolve_device
     from jestkit.models import load_pretrained, model_fingerprint
     from jestkit.pipeline.diagnose import diagnose
 

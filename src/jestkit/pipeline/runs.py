@@ -111,7 +111,7 @@ def publish_reference(
 ) -> str:
     """Stage 3: export the reference run's model (or take the ``pretrained`` one as given) and
     cache it over POOL (each skipped if valid)."""
-    from jestkit.distributed import resolve_device
+    from jestkit.devices import resolve_device
     from jestkit.stages import cache_reference, export_reference
 
     model_dir = out / "references" / "reference"
