@@ -391,3 +391,156 @@ def test_too_much_noise_or_density_is_rejected():
     assert recipes.parse_class_weights("1", 10) is None
     with pytest.raises(JestkitError, match="curated-imbalance"):
         recipes.parse_class_weights("1,2", 10)
+
+
+# ---------------------------------------------------------------------------------------------
+# layouts (near-twins in every super-batch) and graded noise
+
+
+def _items(scene):
+    return {(it.label, it.cell, it.dark, it.small) for it in scene}
+
+
+def test_layout_edits_change_one_thing_each_and_pairs_two():
+    rng = np.random.default_rng(11)
+    for _ in range(50):
+        scene = scenes.sample_scene(rng, _by_class())
+        n = len(scene)
+        edits = scenes.layout_edits(scene, 10)
+        assert len(edits) == n * (6 - n) + 9 * n
+        variants = []
+        for e in edits:
+            v = scenes.apply_edit(scene, e, index=99 if e[0] == "class" else None)
+            assert len(_items(scene) ^ _items(v)) == 2  # one item tuple out, one in
+            variants.append(scenes.describe(v))
+        assert len(set(variants)) == len(edits)  # every single edit gives another scene
+        pairs = [(a, b) for i, a in enumerate(edits) for b in edits[i + 1 :]]
+        for a, b in pairs[:: max(1, len(pairs) // 40)]:
+            if not scenes.compatible(a, b):
+                assert (a[0], a[1]) == (b[0], b[1]) or (a[0] == b[0] == "move" and a[2] == b[2])
+                continue
+            v = scenes.apply_edit(scenes.apply_edit(scene, a, 98), b, 97)
+            assert len({it.cell for it in v}) == n  # no two items in one cell
+            assert scenes.describe(v) not in variants  # a pair is not one of the singles
+    with pytest.raises(ValueError, match="class edit needs"):
+        scenes.apply_edit(scene, ("class", 0, 3))
+
+
+def _generate_plan(dataset, size, rates, **plan_kw):
+    source = recipes.load_source(dataset, "train")
+    off = None if dataset == "digits" else recipes.Source(*fashion.load_digits(), "digits", 10)
+    plan = recipes.SplitPlan("pool", size, source, rates, **plan_kw)
+    gen = recipes.SplitGenerator(dataset, plan, np.random.default_rng(0), set(), off_source=off)
+    return gen.generate()
+
+
+@pytest.mark.skipif(not fashion.fashion_available(), reason="needs dataset-fashion-mnist")
+def test_layout_groups_hold_dozens_of_variants_of_one_layout():
+    group = 50  # more than any scene's single edits (26-44): pairs of edits fill the rest
+    recs = _generate_plan(
+        "fashion-scenes", 600, {"junk_caption": 0.1}, hard_negative_density=0.8,
+        group_size=group, twin_edits="layout",
+    )  # fmt: skip
+    groups = collections.defaultdict(list)
+    for r in recs:
+        if r.meta["hard_negative_group"] >= 0:
+            groups[r.meta["hard_negative_group"]].append(r)
+    assert len(groups) == round(0.8 * 600) // group and all(
+        len(g) == group for g in groups.values()
+    )
+    for members in groups.values():
+        assert len({r.caption for r in members}) == group  # every variant is told apart in words
+        base = next(r for r in members if r.meta["twin_edit"] == "base")
+        b_items = set(_parse(base.caption))
+        for r in members:
+            parsed = _parse(r.caption)
+            assert len(parsed) == r.meta["n_items"] == base.meta["n_items"]
+            described = {
+                (i.split("@")[0], i.split("@")[1].split("/")[0], "dark" in i, "small" in i)
+                for i in r.meta["items"].split(";")
+            }
+            assert set(parsed) == described  # the caption tells this variant's content
+            if r is base:
+                continue
+            n_edits = len(r.meta["twin_edit"].split("+"))
+            assert n_edits in (1, 2)
+            changed = len(b_items - set(parsed))
+            assert 1 <= changed <= n_edits  # one edit moves one item; two edits one or two
+    # The split's structure gives the group-mates the config implies, exactly.
+    groups_col = np.array([r.meta["hard_negative_group"] for r in recs])
+    assert recipes.twin_group_mates(groups_col) == pytest.approx(
+        len(groups) * group * (group - 1) / 600
+    )
+
+
+def test_near_twins_per_example_is_the_exact_expectation():
+    # Brute force: every super-batch of N from a pool of 9, every example in it.
+    import itertools
+
+    groups = np.array([0, 0, 0, 1, 1, -1, 2, 2, 2])
+    for n in (2, 3, 5, 9):
+        total, count = 0, 0
+        for batch in itertools.combinations(range(len(groups)), n):
+            g = groups[list(batch)]
+            for i in range(n):
+                total += int(((g == g[i]) & (g >= 0)).sum()) - int(g[i] >= 0)
+                count += 1
+        assert recipes.near_twins_per_example(groups, n) == pytest.approx(total / count)
+    assert recipes.near_twins_per_example(np.full(5, -1), 3) == 0.0
+
+
+def test_degrade_image_damages_more_with_severity():
+    img = np.full((1, 28, 28), 128, np.uint8)
+    damage = {}
+    for severity in (1, 2, 3):
+        rng = np.random.default_rng(severity)
+        by_kind = collections.defaultdict(list)
+        for _ in range(40):
+            out, detail = recipes.degrade_image(img, rng, severity)
+            kind, level = detail.split("-")
+            assert int(level) == severity and out.shape == img.shape and out.dtype == np.uint8
+            changed = out != img
+            if kind == "occlusion":
+                side = round(28 * np.sqrt(0.15 * severity))
+                assert changed.sum() in (0, side * side)  # 0: the occluder drew mid-grey
+            by_kind[kind].append(np.abs(out.astype(int) - 128).mean())
+        damage[severity] = {k: float(np.mean(v)) for k, v in by_kind.items()}
+    for kind in recipes.DEGRADE_KINDS:
+        assert damage[1][kind] < damage[2][kind] < damage[3][kind]
+    with pytest.raises(ValueError, match="severity"):
+        recipes.degrade_image(img, np.random.default_rng(0), 4)
+
+
+@pytest.mark.skipif(not fashion.fashion_available(), reason="needs dataset-fashion-mnist")
+def test_graded_noise_at_exact_rates_with_its_ground_truth():
+    rates = {"caption_partial": 0.3, "image_degrade": 0.2, "caption_swap": 0.05}
+    recs = _generate_plan("fashion-scenes", 400, rates, hard_negative_density=0.0)
+    counts = collections.Counter(r.meta["noise"] for r in recs)
+    assert all(counts[k] == round(v * 400) for k, v in rates.items())
+    details = collections.Counter()
+    for r in recs:
+        if r.meta["noise"] == "caption_partial":
+            error = r.meta["noise_detail"]
+            details[error] += 1
+            told = collections.Counter(_parse(r.caption))
+            true = collections.Counter(
+                (i.split("@")[0], i.split("@")[1].split("/")[0], "dark" in i, "small" in i)
+                for i in r.meta["items"].split(";")
+            )
+            missing, extra = true - told, told - true
+            if error == "missing":
+                assert (sum(missing.values()), sum(extra.values())) == (1, 0)
+            elif error == "extra":
+                assert (sum(missing.values()), sum(extra.values())) == (0, 1)
+            else:  # one item told with one field wrong
+                assert sum(missing.values()) == sum(extra.values()) == 1
+                (a,), (b,) = missing, extra
+                field = {0: "class", 1: "move", 2: "tone", 3: "size"}
+                assert [field[k] for k in range(4) if a[k] != b[k]] == [error]
+        if r.meta["noise"] == "image_degrade":
+            kind, level = r.meta["noise_detail"].split("-")
+            assert kind in recipes.DEGRADE_KINDS and int(level) in recipes.DEGRADE_SEVERITIES
+            assert len(_parse(r.caption)) == r.meta["n_items"]  # the caption stays true
+    assert set(details) == {"class", "tone", "size", "move", "missing", "extra"}
+    with pytest.raises(JestkitError, match=r"caption_partial.*fashion-scenes"):
+        _generate_plan("digits", 50, {"caption_partial": 0.1})

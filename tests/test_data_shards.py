@@ -371,3 +371,39 @@ def test_curated_imbalance_skews_classes(tmp_path):
         pq.read_table(out / "pool" / "meta.parquet").column("label").to_numpy(), minlength=10
     )
     assert pool.max() < 2 * pool.min()  # the pool stays balanced
+
+
+@FASHION
+def test_prepare_layout_groups_and_graded_recipe(tmp_path, capsys):
+    out = tmp_path / "layouts"
+    args = ["prepare", "--out", str(out), "--pool-size", "400", "--eval-size", "120",
+            "--zeroshot-size", "0", "--curated-fraction", "0.1", "--recipe", "graded-web",
+            "--hard-negative-density", "0.5", "--hard-negative-group-size", "40",
+            "--hard-negative-edits", "layout"]  # fmt: skip
+    assert cli(args) == 0
+    m = load_manifest(out)
+    pool = m["splits"]["pool"]
+    # 0.5 * 400 = 200 twins = 5 groups of 40: 39 mates each, over the 400 examples.
+    assert pool["twin_group_mates"] == pytest.approx(200 * 39 / 400)
+    assert pool["noise_rates"]["caption_partial"] == 0.2 and pool["noise_rates"]["image_degrade"]
+    assert "group-mates" in capsys.readouterr().out
+    from jestkit.data.recipes import near_twins_per_example
+    from jestkit.reproduce import data_regime
+
+    regime = data_regime(out / "pool", 16)  # f = 0.8: a super-batch of 80
+    assert regime["super_batch"] == 80 and regime["pool_size"] == 400
+    assert regime["imperfect_share"] == pytest.approx(sum(pool["noise_rates"].values()))
+    groups = load_split(out / "pool").meta["hard_negative_group"]
+    assert regime["near_twins_per_example"] == near_twins_per_example(groups, 80)
+    assert regime["near_twins_per_example"] == pytest.approx(200 * 39 / 400 * 79 / 399)
+    ev = load_split(out / "eval")  # the fine-grained eval: the eval split has the groups too
+    groups = ev.meta["hard_negative_group"]
+    assert (groups >= 0).sum() == 60  # round(0.5 * 120) in groups of 4, whatever the pool's size
+    assert set(np.unique(groups[groups >= 0], return_counts=True)[1]) == {4}
+    bad = ["prepare", "--out", str(tmp_path / "x"), "--pool-size", "100",
+           "--hard-negative-group-size", "10"]  # fmt: skip
+    assert cli(bad) == 2  # attribute edits: at most 9 per group
+    err = capsys.readouterr().err
+    assert "--hard-negative-group-size: must be <= 9 with --hard-negative-edits attribute" in err
+    assert cli([*bad[:-1], "300", "--hard-negative-edits", "layout"]) == 2
+    assert "must be <= 276 with --hard-negative-edits layout" in capsys.readouterr().err

@@ -190,6 +190,55 @@ def test_fill_template_without_placeholder():
         ev.fill_template("a photo", "shirt")
 
 
+def naive_twin_metrics(img, txt, groups):
+    """The definition, one example at a time."""
+    sims = img.double() @ txt.double().T
+    i2t, t2i = [], []
+    for i, g in enumerate(groups):
+        mates = [j for j, h in enumerate(groups) if h == g and j != i] if g >= 0 else []
+        if not mates:
+            continue
+        i2t.append(all(sims[i, i] > sims[i, j] for j in mates))
+        t2i.append(all(sims[i, i] > sims[j, i] for j in mates))
+    if not i2t:
+        return {}
+    a, b = sum(i2t) / len(i2t), sum(t2i) / len(t2i)
+    return {"twin_i2t": a, "twin_t2i": b, "twin_acc": (a + b) / 2}
+
+
+def test_twin_metrics_hand_built_case():
+    # Group 0: examples 0, 1, 2; group 1: examples 3, 4; example 5 in no group; example 6 alone in
+    # group 2 (no mate: not counted).
+    img = torch.eye(7)
+    txt = torch.eye(7)
+    txt[1] = img[0]  # caption 1 describes image 0 as well as it does image 0's own caption
+    txt[4] = 0.5 * img[4] + 0.9 * img[3]  # caption 4 prefers image 3 (its twin) to image 4
+    groups = torch.tensor([0, 0, 0, 1, 1, -1, 2])
+    got = ev.twin_metrics(img, txt, groups)
+    # image->text: image 0 ties caption 0 with caption 1 (a tie is wrong); image 1 sees caption 1
+    # = image 0's direction: 0 < its own? img1.txt1 = 0, img1.txt0 = 0: a tie, wrong; image 2
+    # right; image 3: txt3 = 1 vs txt4 = 0.9: right; image 4: own 0.5 vs txt3 0: right.
+    assert got["twin_i2t"] == pytest.approx(3 / 5)
+    # text->image: caption 0 right (1 vs 0); caption 1: image 0 scores 1 > image 1's 0: wrong;
+    # caption 2 right; caption 3: 1 vs image 4's 0: right; caption 4: own 0.5 < image 3's 0.9: wrong.
+    assert got["twin_t2i"] == pytest.approx(3 / 5)
+    assert got == pytest.approx(naive_twin_metrics(img, txt, groups.tolist()))
+    assert ev.twin_metrics(img, txt, torch.full((7,), -1)) == {}
+    with pytest.raises(JestkitError, match="twin_groups"):
+        ev.twin_metrics(img, txt, torch.zeros(7))  # floats
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_twin_metrics_equal_the_naive_loop(seed):
+    g = torch.Generator().manual_seed(seed)
+    img = F.normalize(torch.randn(40, 6, generator=g), dim=-1)
+    txt = F.normalize(img + 0.8 * torch.randn(40, 6, generator=g), dim=-1)
+    groups = torch.randint(-1, 12, (40,), generator=g)
+    assert ev.twin_metrics(img, txt, groups) == pytest.approx(
+        naive_twin_metrics(img, txt, groups.tolist()), abs=1e-12
+    )
+
+
 # ----------------------------------------------------------------------------- test doubles
 
 
@@ -288,6 +337,21 @@ def test_evaluator_duplicate_captions_count_as_matches():
     got = ev.Evaluator.from_data(DigitTokenizer(), "cpu", **data)(IndexModel())
     assert got["i2t_r1"] == 5 / 6  # image 4 finds caption 4 or 5 (both right); image 5 finds none
     assert got["t2i_r1"] == 1.0  # caption 5 = caption 4 retrieves image 4, which it also describes
+
+
+def test_evaluator_reports_twin_accuracy_when_the_split_has_groups():
+    data = toy_data(6)
+    data["twin_groups"] = [0, 0, 1, 1, -1, -1]
+    data["captions"][1] = data["captions"][0]  # twins whose captions cannot be told apart
+    got = ev.Evaluator.from_data(DigitTokenizer(), "cpu", **data)(IndexModel())
+    # Pair (0, 1): image 0 ties captions 0 and 1, image 1 ties them at 0: both wrong. Caption 0
+    # picks image 0 (right), caption 1 (= caption 0) also picks image 0 (wrong). Pair (2, 3) is
+    # right both ways.
+    assert (got["twin_i2t"], got["twin_t2i"], got["twin_acc"]) == (0.5, 0.75, 0.625)
+    got = ev.Evaluator.from_data(DigitTokenizer(), "cpu", max_examples=3, **data)(IndexModel())
+    assert got["twin_acc"] == 0.25  # only the pair (0, 1) is whole in the first 3 examples
+    with pytest.raises(JestkitError, match="twin_groups must be integers, one per eval example"):
+        ev.Evaluator.from_data(DigitTokenizer(), "cpu", **{**data, "twin_groups": [0, 1]})
 
 
 def test_evaluator_matches_pure_functions_and_is_batch_invariant():

@@ -903,3 +903,24 @@ def test_markdown_shows_interval_and_verdict_beside_every_claim(full):
     assert "**Decision rule.**" in md
     uni = rows["jest-f0.8"]
     assert "[" in uni and ("holds" in uni or "undecided" in uni)
+
+
+def test_regime_section_reports_pool_passes_per_learner(tmp_path):
+    root = make_suite(tmp_path, SPECS)
+    suite = json.loads((root / "suite.json").read_text())
+    pool = 4000
+    suite["regime"] = {"pool_size": pool, "imperfect_share": 0.5, "noise_share": {"junk": 0.5},
+                       "twin_group_mates": 39.0, "batch_size": 256, "filter_ratio": 0.8,
+                       "super_batch": 1280, "near_twins_per_example": 12.5}  # fmt: skip
+    (root / "suite.json").write_text(json.dumps(suite))
+    report = build_report(root, plots=False)
+    passes = report["regime"]["pool_passes"]
+    learners = {m: s for m, s in SPECS.items() if s.get("kind") != "reference"}
+    assert set(passes) == set(learners)  # the references train on the curated split
+    for method, spec in learners.items():  # write_run logs super_batch_examples = 5 * b * step
+        assert passes[method] == pytest.approx(5 * spec["batch_size"] * spec["steps"] / pool)
+    md = (root / "report.md").read_text()
+    assert "## Regime" in md and "12.50 per example in a random super-batch of 1280" in md
+    suite.pop("regime")
+    (root / "suite.json").write_text(json.dumps(suite))
+    assert build_report(root, plots=False)["regime"] is None  # an older suite: no section

@@ -173,6 +173,29 @@ def test_sweeps_size_plans_the_sweep_and_the_ablation():
     assert {r.reference for r in runs if r.kind == "learner"} <= {None, "reference-curated"}
 
 
+def test_regime_size_is_the_default_suite_on_the_regime_data(tmp_path):
+    from jestkit.selection import super_batch_size
+
+    regime, default = SIZES["regime"], SIZES["default"]
+    runs = plan_suite(regime)
+    names = {r.name for r in runs}
+    assert {r.name for r in plan_suite(default) if "-lr" not in r.name} == names
+    for r in runs:
+        cfg = run_config(r, regime, tmp_path)
+        assert cfg.data.recipe == "graded-web" and cfg.data.hard_negative_edits == "layout"
+        assert cfg.data.hard_negative_group_size == 96 and cfg.data.curated_fraction == 0.2
+        if r.kind == "reference":
+            assert cfg.data.train_split == "curated" or r.name == "reference-uncurated"
+            assert cfg.train.steps == regime.reference_steps
+    # The regime's promise, by the arithmetic prepare follows: every clean scene (half the pool)
+    # sits in a layout of 96, so an example meets >= 1 near-twin in a super-batch at f = 0.8.
+    cfg = run_config(runs[0], regime, tmp_path)
+    pool, g = cfg.data.pool_size, cfg.data.hard_negative_group_size
+    in_groups = round(cfg.data.hard_negative_density * pool) // g * g
+    n = super_batch_size(cfg.train.batch_size, 0.8)
+    assert in_groups * (g - 1) / pool * (n - 1) / (pool - 1) >= 1.0
+
+
 def test_only_takes_regexes_and_keeps_the_references_needed():
     runs = plan_suite(SIZES["sweeps"])
     chosen = select_runs(runs, [r".*-b4096"])

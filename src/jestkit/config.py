@@ -34,6 +34,9 @@ class DataConfig:
     data_seed: int = 0  # seed of `prepare` (the data), distinct from the training seed
     pool_size: int = 60000
     hard_negative_density: float = -1.0  # < 0: the recipe's default
+    hard_negative_group_size: int = 0  # 0: prepare's default (2); see `jestkit prepare --help`
+    hard_negative_edits: str = "attribute"  # or "layout": groups of dozens of variants
+    curated_fraction: float = -1.0  # < 0: prepare's default (0.08 of the pool)
     noise: dict[str, float] = field(default_factory=dict)  # per-kind rates over the recipe's
     train_split: str = "pool"
     eval_dir: str = ""  # with data.dir = img2dataset shards: the eval shards (folder or pattern)

@@ -205,6 +205,48 @@ def retrieval_metrics(
     return out
 
 
+def twin_metrics(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, twin_groups: torch.Tensor
+) -> dict[str, float]:
+    """Fine-grained retrieval among near-twins (scenes that differ in one item, attribute or
+    position, and whose captions differ only there).
+
+    ``twin_groups`` (int[N], -1 = in no group) marks the groups. Over the examples whose group has
+    at least one other member: ``twin_i2t`` is the fraction of images whose own caption scores
+    strictly above every group-mate's caption, ``twin_t2i`` the same for captions and images, and
+    ``twin_acc`` their mean. Chance is 1 / group size; ties count as wrong. Empty if no group has
+    two members.
+    """
+    _check_emb("image_emb", image_emb)
+    _check_emb("text_emb", text_emb)
+    check(
+        image_emb.shape == text_emb.shape,
+        f"image_emb {tuple(image_emb.shape)} and text_emb {tuple(text_emb.shape)} must have the same shape",
+    )
+    n, device = image_emb.shape[0], image_emb.device
+    g = _groups("twin_groups", twin_groups, n, device)
+    members = torch.nonzero(g >= 0).squeeze(1)
+    if members.numel() < 2:
+        return {}
+    gm = g[members]
+    mates = gm[:, None] == gm[None, :]
+    mates.fill_diagonal_(False)
+    keep = mates.any(dim=1)
+    if not bool(keep.any()):
+        return {}
+    sims = image_emb[members].float() @ text_emb[members].float().T  # [m, m], within the members
+    own = sims.diagonal()
+    best_text = sims.masked_fill(~mates, float("-inf")).amax(
+        dim=1
+    )  # image i vs its mates' captions
+    best_image = sims.masked_fill(~mates, float("-inf")).amax(
+        dim=0
+    )  # caption j vs its mates' images
+    i2t = (own > best_text)[keep].double().mean().item()
+    t2i = (own > best_image)[keep].double().mean().item()
+    return {"twin_i2t": i2t, "twin_t2i": t2i, "twin_acc": 0.5 * (i2t + t2i)}
+
+
 def zeroshot_metrics(
     image_emb: torch.Tensor,
     class_emb: torch.Tensor,
@@ -343,6 +385,9 @@ class Evaluator:
         )
         ev = load_split(eval_dir) if eval_dir is not None else None
         zs = load_split(zs_dir) if zs_dir is not None else None
+        twins = None
+        if ev is not None and "hard_negative_group" in ev.meta:
+            twins = np.asarray(ev.meta["hard_negative_group"], dtype=np.int64)
         labels = None
         if zs is not None:
             check("label" in zs.meta, f"split {zs_dir} has no 'label' column in its metadata")
@@ -354,6 +399,7 @@ class Evaluator:
             max_examples,
             images=None if ev is None else ev.images,
             captions=None if ev is None else list(ev.captions),
+            twin_groups=twins,
             zeroshot_images=None if zs is None else zs.images,
             zeroshot_labels=labels,
             classes=list(manifest.get("classes") or []),
@@ -369,6 +415,7 @@ class Evaluator:
         *,
         images: torch.Tensor | None = None,
         captions: Sequence[str] | None = None,
+        twin_groups: Any = None,
         zeroshot_images: torch.Tensor | None = None,
         zeroshot_labels: Any = None,
         classes: Sequence[str] = (),
@@ -376,7 +423,8 @@ class Evaluator:
         batch_size: int = 512,
         max_examples: int | None = None,
     ) -> Evaluator:
-        """An evaluator over in-memory data (images uint8 [N,C,H,W] or float, captions, labels)."""
+        """An evaluator over in-memory data (images uint8 [N,C,H,W] or float, captions, labels;
+        ``twin_groups``: int[N] near-twin group ids, -1 for none, for :func:`twin_metrics`)."""
         self = cls.__new__(cls)
         self._setup(
             tokenizer,
@@ -385,6 +433,7 @@ class Evaluator:
             max_examples,
             images=images,
             captions=captions,
+            twin_groups=twin_groups,
             zeroshot_images=zeroshot_images,
             zeroshot_labels=zeroshot_labels,
             classes=list(classes),
@@ -402,6 +451,7 @@ class Evaluator:
         *,
         images: Any,
         captions: Any,
+        twin_groups: Any,
         zeroshot_images: Any,
         zeroshot_labels: Any,
         classes: list[str],
@@ -414,6 +464,7 @@ class Evaluator:
         self.source = source
         cut = slice(None, max_examples)
         self.images = self.tokens = self.caption_groups = self.image_groups = None
+        self.twin_groups = None
         if images is not None and len(images) == 0:
             images = None  # an empty split (or one whose every record was skipped) is absent
         if images is not None:
@@ -422,11 +473,21 @@ class Evaluator:
                 f"{source}: eval split has {len(images)} images but "
                 f"{None if captions is None else len(captions)} captions",
             )
+            twins = None
+            if twin_groups is not None:
+                twins = torch.as_tensor(np.asarray(twin_groups))
+                check(
+                    twins.shape == (len(images),) and not twins.is_floating_point(),
+                    f"{source}: twin_groups must be integers, one per eval example ({len(images)}), "
+                    f"got {twins.dtype} {tuple(twins.shape)}",
+                )
             images, captions = images[cut], list(captions)[cut]
             self.tokens = tokenizer(captions).to(self.device)
             self.images = torch.as_tensor(images).to(self.device)
             self.caption_groups = duplicate_groups(self.tokens)
             self.image_groups = duplicate_groups(self.images)
+            if twins is not None:
+                self.twin_groups = twins[cut].to(self.device)
         self.zeroshot_images = self.zeroshot_labels = self.prompt_tokens = None
         self.classes, self.templates = classes, templates
         if zeroshot_images is not None:
@@ -487,6 +548,8 @@ class Evaluator:
                         image_groups=self.image_groups.to(device),
                     )
                 )
+                if self.twin_groups is not None:
+                    out.update(twin_metrics(img, txt, self.twin_groups.to(device)))
                 fault_point("eval.retrieval")
             if self.zeroshot_images is not None:
                 cls_emb = _class_embeddings_from_tokens(

@@ -165,6 +165,13 @@ def ensure_dataset(data: DataConfig, verbose: bool = True, model: Any = None) ->
         options["hard_negative_density"] = data.hard_negative_density
     if data.noise:
         options["noise"] = dict(data.noise)
+    # Later options enter the key only when set, so existing cached datasets keep their folders.
+    if data.hard_negative_group_size:
+        options["hard_negative_group_size"] = data.hard_negative_group_size
+    if data.hard_negative_edits != "attribute":
+        options["hard_negative_edits"] = data.hard_negative_edits
+    if data.curated_fraction >= 0:
+        options["curated_fraction"] = data.curated_fraction
     key = _key({"dataset": data.dataset, "recipe": data.recipe, "seed": data.data_seed, **options})
     path = cache_root() / "datasets" / f"{data.dataset}-{data.recipe}-{key}"
     with _exclusive(path):

@@ -40,6 +40,8 @@ from jestkit.errors import JestkitError
 from jestkit.rng import np_generator
 
 SPLITS = ("pool", "curated", "uncurated", "eval", "zeroshot")
+HARD_NEGATIVE_EDITS = ("attribute", "layout")
+EVAL_TWIN_GROUP = 4
 
 
 @dataclass
@@ -56,6 +58,7 @@ class PrepareConfig:
     noise: dict[str, float] = field(default_factory=dict)  # overrides of the recipe's rates
     hard_negative_density: float | None = None  # None: 0.25 for scenes, 0 otherwise
     hard_negative_group_size: int = 2
+    hard_negative_edits: str = "attribute"  # or "layout": class changes and edit pairs too
     near_duplicate_groups: int = 1
     curated_imbalance: str | None = None
     min_items: int = 2
@@ -95,20 +98,47 @@ class PrepareConfig:
             raise JestkitError(
                 f"--hard-negative-density: must be in [0, 1], got {c.hard_negative_density!r}"
             )
-        # A scene of n items has n * (6 - n) single edits (tone, size, a move to each empty cell).
-        fewest = min(n * (6 - n) for n in range(c.min_items, c.max_items + 1))
-        if c.hard_negative_group_size > fewest + 1:
-            raise JestkitError(
-                f"--hard-negative-group-size: must be <= {fewest + 1} (each twin is a distinct single "
-                f"edit of the group's first scene), got {c.hard_negative_group_size}"
-            )
         n_classes = len(DIGIT_CLASSES if c.dataset == "digits" else FASHION_CLASSES)
+        if c.hard_negative_edits not in HARD_NEGATIVE_EDITS:
+            raise JestkitError(
+                f"--hard-negative-edits: must be one of {list(HARD_NEGATIVE_EDITS)}, got {c.hard_negative_edits!r}"
+            )
+        most = max_group_size(c.hard_negative_edits, c.min_items, c.max_items, n_classes)
+        if c.hard_negative_group_size > most:
+            what = (
+                "a distinct single edit"
+                if c.hard_negative_edits == "attribute"
+                else "a distinct edit or pair of edits"
+            )
+            raise JestkitError(
+                f"--hard-negative-group-size: must be <= {most} with --hard-negative-edits "
+                f"{c.hard_negative_edits} (each twin is {what} of the group's first scene), got "
+                f"{c.hard_negative_group_size}"
+            )
         rc.parse_class_weights(c.curated_imbalance, n_classes)
         return c
 
     @property
     def curated_size(self) -> int:
         return round(self.curated_fraction * self.pool_size)
+
+
+def max_group_size(edits: str, min_items: int, max_items: int, n_classes: int) -> int:
+    """The largest near-twin group every scene size can fill: the base plus one variant per
+    distinct single edit ("attribute"), or per distinct single edit or compatible pair ("layout").
+    Edit counts depend only on the number of items, so a scene in the first cells stands for all."""
+    from jestkit.data import scenes as sc
+
+    most = []
+    for n in range(min_items, max_items + 1):
+        scene = tuple(sc.Item(0, 0, cell, False, False) for cell in range(n))
+        if edits == "attribute":
+            most.append(1 + len(sc.twin_edits(scene)))
+            continue
+        singles = sc.layout_edits(scene, n_classes)
+        pairs = sum(sc.compatible(a, b) for i, a in enumerate(singles) for b in singles[i + 1 :])
+        most.append(1 + len(singles) + pairs)
+    return min(most)
 
 
 def plan_splits(config: PrepareConfig) -> list[rc.SplitPlan]:
@@ -119,7 +149,15 @@ def plan_splits(config: PrepareConfig) -> list[rc.SplitPlan]:
     clean = dict.fromkeys(rc.NOISE_KINDS, 0.0)
     hnd = c.hard_negative_density
     n_classes = train.n_classes
-    common = {"group_size": c.hard_negative_group_size, "dup_groups": c.near_duplicate_groups}
+    common = {
+        "group_size": c.hard_negative_group_size,
+        "twin_edits": c.hard_negative_edits,
+        "dup_groups": c.near_duplicate_groups,
+    }
+    # The eval split's twins are the fine-grained eval (own caption among the group's): groups
+    # of at most EVAL_TWIN_GROUP keep it readable (chance 1/4) and leave most of the split to
+    # ordinary retrieval, whatever the pool's group size.
+    eval_common = {**common, "group_size": min(c.hard_negative_group_size, EVAL_TWIN_GROUP)}
     plans = [
         rc.SplitPlan("pool", c.pool_size, train, rates, hnd, label=f"pool/{c.recipe}", **common),
         rc.SplitPlan(
@@ -127,7 +165,7 @@ def plan_splits(config: PrepareConfig) -> list[rc.SplitPlan]:
             class_probs=rc.parse_class_weights(c.curated_imbalance, n_classes), label="curated/clean", **common,
         ),
         rc.SplitPlan("uncurated", c.curated_size, train, rates, hnd, label=f"uncurated/{c.recipe}", **common),
-        rc.SplitPlan("eval", c.eval_size, test, clean, hnd, label="eval/clean", **common),
+        rc.SplitPlan("eval", c.eval_size, test, clean, hnd, label="eval/clean", **eval_common),
         rc.SplitPlan("zeroshot", c.zeroshot_size, test, clean, 0.0, single_item=True, label="zeroshot/clean", **common),
     ]  # fmt: skip
     return [p for p in plans if p.size > 0]
@@ -206,6 +244,7 @@ def prepare_dataset(
                 "source": plan.label,
                 "noise_rates": {k: measured[k] for k in rc.NOISE_KINDS},
                 "hard_negative_density": measured["hard_negative_density"],
+                "twin_group_mates": measured["twin_group_mates"],
             }
         bar.close()
         classes = list(DIGIT_CLASSES if c.dataset == "digits" else FASHION_CLASSES)
@@ -301,6 +340,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="scenes per near-twin group (default 2)",
     )
     parser.add_argument(
+        "--hard-negative-edits",
+        default="attribute",
+        choices=HARD_NEGATIVE_EDITS,
+        help="attribute: twins differ in one item's position, intensity or size (groups <= 9); "
+        "layout: also in its class, then in two edits (groups of dozens: near-twins in every "
+        "super-batch)",
+    )
+    parser.add_argument(
         "--near-duplicate-groups",
         type=int,
         default=1,
@@ -335,6 +382,7 @@ def run(args: argparse.Namespace) -> int:
         noise=parse_noise(args.noise),
         hard_negative_density=args.hard_negative_density,
         hard_negative_group_size=args.hard_negative_group_size,
+        hard_negative_edits=args.hard_negative_edits,
         near_duplicate_groups=args.near_duplicate_groups,
         curated_imbalance=args.curated_imbalance,
         min_items=args.min_items,
@@ -347,7 +395,7 @@ def run(args: argparse.Namespace) -> int:
         for name, s in manifest["splits"].items():
             noisy = sum(s["noise_rates"].values())
             print(
-                f"  {name:<10} {s['count']:>7} examples  {len(s['shards'])} shard(s)  noise {noisy:.1%}  near-twins {s['hard_negative_density']:.1%}"
+                f"  {name:<10} {s['count']:>7} examples  {len(s['shards'])} shard(s)  noise {noisy:.1%}  near-twins {s['hard_negative_density']:.1%} ({s['twin_group_mates']:.1f} group-mates each)"
             )
         req, meas = manifest["noise_rates"]["requested"], manifest["noise_rates"]["measured"]
         print(

@@ -192,10 +192,34 @@ def twin_edits(scene: Scene) -> list[tuple[str, int, int]]:
     return edits
 
 
-def apply_edit(scene: Scene, edit: tuple[str, int, int]) -> Scene:
+def layout_edits(scene: Scene, n_classes: int) -> list[tuple[str, int, int]]:
+    """:func:`twin_edits` plus every class change: ("class", item position, new class).
+
+    The edits of a layout's variants: a scene of n items has ``n * (6 - n) + n * (n_classes - 1)``.
+    """
+    edits = twin_edits(scene)
+    for i, it in enumerate(scene):
+        edits += [("class", i, c) for c in range(n_classes) if c != it.label]
+    return edits
+
+
+def compatible(a: tuple[str, int, int], b: tuple[str, int, int]) -> bool:
+    """Two edits of the same base that can be applied together and change two different things:
+    not the same field of the same item, and not two items moved into the same cell."""
+    if a[1] == b[1] and a[0] == b[0]:
+        return False
+    return not (a[0] == "move" and b[0] == "move" and a[2] == b[2])
+
+
+def apply_edit(scene: Scene, edit: tuple[str, int, int], index: int | None = None) -> Scene:
+    """``scene`` with one edit applied; a "class" edit also needs the new item's source ``index``."""
     kind, i, cell = edit
     it = scene[i]
-    if kind == "move":
+    if kind == "class":
+        if index is None:
+            raise ValueError("a class edit needs the new item's source index")
+        new = replace(it, label=cell, index=index)
+    elif kind == "move":
         new = replace(it, cell=cell)
     elif kind == "tone":
         new = replace(it, dark=not it.dark)

@@ -96,6 +96,7 @@ def build_report(
         "bias_ablation": bias_ablation(methods),
         "scorer_ablation": scorer_ablation(methods),
         "lr_grid": lr_grid(methods),
+        "regime": data_regime(suite, runs),
         # Written by `python -m jestkit.analysis` into the suite folder, if it was run.
         "probes": load_probes(suite_dir),
         "runs": run_rows,
@@ -109,6 +110,29 @@ def build_report(
     )
     (suite_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
     return report
+
+
+def data_regime(suite: dict[str, Any], runs: Sequence[Run]) -> dict[str, Any] | None:
+    """suite.json's account of the pool (size, imperfect share, near-twins per example in a
+    super-batch), plus how many times each method's learner scored the pool over its run."""
+    regime = suite.get("regime")
+    if not isinstance(regime, dict) or not regime.get("pool_size"):
+        return None
+    passes: dict[str, float] = {}
+    for run in runs:
+        if run.info.get("kind") == "reference":  # trained on the curated split, not the pool
+            continue
+        seen = next(
+            (
+                r["super_batch_examples"]
+                for r in reversed(run.records)
+                if "super_batch_examples" in r
+            ),
+            None,
+        )
+        if seen is not None:
+            passes[run.method] = max(passes.get(run.method, 0.0), seen / regime["pool_size"])
+    return {**regime, "pool_passes": dict(sorted(passes.items()))}
 
 
 DECISION_RULE = (

@@ -42,6 +42,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
     for section in report.get("sections") or []:
         lines += [f"## {section['title']}", "", *section["lines"], ""]
+    if report.get("regime"):
+        lines += _regime(report["regime"])
     if report["claims"]:
         lines += _claims(report)
     lines += _methods(report, short)
@@ -221,6 +223,28 @@ def _lr_grid(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _regime(r: dict[str, Any]) -> list[str]:
+    """What the pool offers selection: JEST's gains depend on it (see docs/reproduction.md)."""
+    kinds = ", ".join(f"{k} {v:.1%}" for k, v in r.get("noise_share", {}).items()) or "none"
+    passes = r.get("pool_passes") or {}
+    spread = (
+        f"{min(passes.values()):.1f}-{max(passes.values()):.1f} (uniform: "
+        f"{_cell(passes.get('uniform'))})"
+        if passes
+        else "-"
+    )
+    return [
+        "## Regime",
+        "",
+        f"- Pool: {r['pool_size']} examples, {r['imperfect_share']:.1%} imperfect ({kinds}).",
+        f"- Near-twins: {r['twin_group_mates']:.2f} group-mates per example in the pool; "
+        f"{r['near_twins_per_example']:.2f} per example in a random super-batch of "
+        f"{r['super_batch']} (b = {r['batch_size']}, f = {r['filter_ratio']}).",
+        f"- Passes over the pool (examples scored / pool size) per learner: {spread}.",
+        "",
+    ]
+
+
 def _environment(env: dict[str, Any]) -> list[str]:
     keys = ("cpu_model", "cpu_count", "threads_per_run", "jobs", "torch", "numpy", "tokenizers",
             "python", "platform", "jestkit_commit")  # fmt: skip
@@ -261,7 +285,9 @@ def _final_eval(report: dict[str, Any]) -> list[str]:
         "",
         "i2t = image→text, t2i = text→image retrieval (R@k: the true caption or image among the "
         "top k); `retrieval_r1` is the mean of the two R@1; `zeroshot_top1` is zero-shot "
-        "classification accuracy (present when the eval set has labels and class names).",
+        "classification accuracy (present when the eval set has labels and class names); "
+        "`twin_acc` is the fine-grained eval among near-twins (own caption vs its twins', chance "
+        "1 / group size; docs/evaluation.md).",
         "",
     ]
 
