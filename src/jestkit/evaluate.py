@@ -236,12 +236,9 @@ def twin_metrics(
         return {}
     sims = image_emb[members].float() @ text_emb[members].float().T  # [m, m], within the members
     own = sims.diagonal()
-    best_text = sims.masked_fill(~mates, float("-inf")).amax(
-        dim=1
-    )  # image i vs its mates' captions
-    best_image = sims.masked_fill(~mates, float("-inf")).amax(
-        dim=0
-    )  # caption j vs its mates' images
+    among_mates = sims.masked_fill(~mates, float("-inf"))
+    best_text = among_mates.amax(dim=1)  # image i against its mates' captions
+    best_image = among_mates.amax(dim=0)  # caption j against its mates' images
     i2t = (own > best_text)[keep].double().mean().item()
     t2i = (own > best_image)[keep].double().mean().item()
     return {"twin_i2t": i2t, "twin_t2i": t2i, "twin_acc": 0.5 * (i2t + t2i)}

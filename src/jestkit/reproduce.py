@@ -23,6 +23,7 @@ and its bias -10 / b=256 runs with the default suite.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import os
@@ -516,10 +517,8 @@ def data_regime(pool_dir: Path, batch_size: int) -> dict[str, Any]:
         if "hard_negative_group" in columns
         else np.full(n, -1, np.int64)
     )
-    counts: dict[str, int] = {}
-    for kind in meta.column("noise").to_pylist() if "noise" in columns else []:
-        if kind:
-            counts[kind] = counts.get(kind, 0) + 1
+    noise = meta.column("noise").to_pylist() if "noise" in columns else []
+    counts = collections.Counter(kind for kind in noise if kind)
     big_n = super_batch_size(batch_size, REGIME_FILTER_RATIO)
     return {
         "pool_size": n,

@@ -410,13 +410,16 @@ class SplitGenerator:
             f"attempts; the dataset {self.dataset!r} has too few distinct examples for size {self.plan.size}"
         )
 
+    def _instance(self, label: int) -> int:
+        """A source row of class ``label``, uniformly (a garment of that kind)."""
+        rows = self.plan.source.by_class[label]
+        return int(rows[self.rng.integers(len(rows))])
+
     def _draw_item(self) -> int:
         """A source row: class-skewed draw if the plan says so, else cycle a permutation."""
         src = self.plan.source
         if self.plan.class_probs is not None:
-            c = int(self.rng.choice(src.n_classes, p=self.plan.class_probs))
-            rows = src.by_class[c]
-            return int(rows[self.rng.integers(len(rows))])
+            return self._instance(int(self.rng.choice(src.n_classes, p=self.plan.class_probs)))
         if self._cycle_pos >= len(self._cycle):
             self._cycle, self._cycle_pos = self.rng.permutation(len(src.images)), 0
         self._cycle_pos += 1
@@ -490,10 +493,7 @@ class SplitGenerator:
         for edits in [[], *variants]:
             s = scene
             for edit in edits:
-                index = None
-                if edit[0] == "class":
-                    rows = src.by_class[edit[2]]
-                    index = int(rows[rng.integers(len(rows))])
+                index = self._instance(edit[2]) if edit[0] == "class" else None
                 s = sc.apply_edit(s, edit, index)
             meta = self._meta(n_items=len(s), items=sc.describe(s), hard_negative_group=group)
             meta["twin_edit"] = "+".join(e[0] for e in edits) or "base"
@@ -518,18 +518,13 @@ class SplitGenerator:
             used = {it.cell for it in scene}
             cell = int(rng.choice([c for c in range(sc.GRID * sc.GRID) if c not in used]))
             label = int(rng.integers(src.n_classes))
-            rows = src.by_class[label]
             flags = rng.random(2) < 0.5
-            extra = sc.Item(label, int(rows[rng.integers(len(rows))]), cell, *map(bool, flags))
+            extra = sc.Item(label, self._instance(label), cell, *map(bool, flags))
             told = tuple(sorted((*scene, extra), key=lambda it: it.cell))
         else:
             options = [e for e in edits if e[0] == error]
             edit = options[int(rng.integers(len(options)))]
-            index = None
-            if error == "class":
-                rows = src.by_class[edit[2]]
-                index = int(rows[rng.integers(len(rows))])
-            told = sc.apply_edit(scene, edit, index)
+            told = sc.apply_edit(scene, edit, self._instance(edit[2]) if error == "class" else None)
         caption = sc.scene_caption(told, sc.sample_wording(rng, len(told)))
         meta = self._meta(
             n_items=len(scene),
