@@ -106,6 +106,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         for name, kw in (
             ("jest", {"n_chunks": CHUNKS}),
             ("jest-easy", {"n_chunks": CHUNKS, "criterion": "easy_reference"}),
+            ("jest-lambda", {"n_chunks": CHUNKS, "joint_weight": 3.0}),
             ("independent", {}),
             ("uniform", {}),
         ):
@@ -181,13 +182,15 @@ def test_siglip_loss_across_ranks_equals_the_global_loss_with_uneven_counts(resu
     torch.testing.assert_close(sum(r["gt"] for r in res) / WORLD, t.grad)
 
 
-@pytest.mark.parametrize("name", ["jest", "jest-easy", "independent", "uniform"])
+@pytest.mark.parametrize("name", ["jest", "jest-easy", "jest-lambda", "independent", "uniform"])
 def test_distributed_selection_equals_one_process_on_the_union(results, name):
     learner, reference = _pools()
     kind = name.split("-")[0]
     kw = {"n_chunks": CHUNKS} if kind == "jest" else {}
     if name == "jest-easy":
         kw["criterion"] = "easy_reference"
+    if name == "jest-lambda":
+        kw["joint_weight"] = 3.0
     expected, stats = make_selector(kind, **kw).select(learner, reference, K, _gen(7), n=N)
     for r in results:
         got = r[f"select/{name}"]

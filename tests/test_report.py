@@ -924,3 +924,131 @@ def test_regime_section_reports_pool_passes_per_learner(tmp_path):
     suite.pop("regime")
     (root / "suite.json").write_text(json.dumps(suite))
     assert build_report(root, plots=False)["regime"] is None  # an older suite: no section
+
+
+def test_compute_answer_judges_every_selecting_configuration_per_flop(full):
+    """One row per selecting method with a baseline (every family), its verdicts recomputed from
+    the per-seed FLOP ratios with scipy's t interval, its FLOPs split as the ledger logged them."""
+    _, report = full
+    c = report["compute"]
+    expected = sorted(
+        n
+        for n, s in SPECS.items()
+        if s["kind"] == "learner" and s["selection"] != "uniform" and s["baseline"]
+    )
+    assert [r["method"] for r in c["rows"]] == expected
+    for r in c["rows"]:
+        m, spec = report["methods"][r["method"]], SPECS[r["method"]]
+        cmp = m["vs_baseline"]["flops_speedup"]
+        assert r["flops_speedup"] == cmp and r["baseline"] == spec["baseline"]
+        logs = [math.log(v) for v in cmp["values"]]
+        never = bool(cmp["never_reached"])
+        for key, line in (("fewer_flops", 1.0), ("target_met", 2.0)):
+            want = verdict(logs, math.log(line)) if len(logs) >= 2 else None
+            assert r[key] == (None if never and want else want), (r["method"], key)
+        # write_run: training 0.4 and scoring 0.6 of the per-step FLOPs, the reference `once`.
+        total = spec["once"] + spec["steps"] * spec["flops"]
+        assert r["flops_share"]["learner_train"] == pytest.approx(
+            0.4 * spec["steps"] * spec["flops"] / total
+        )
+        assert r["flops_share"]["learner_score"] == pytest.approx(
+            0.6 * spec["steps"] * spec["flops"] / total
+        )
+        assert r["flops_share"]["reference"] == pytest.approx(spec["once"] / total)
+    verdicts = [r["fewer_flops"] for r in c["rows"]]
+    assert c["fewer_flops"] == (
+        True if True in verdicts else False if all(v is False for v in verdicts) else None
+    )
+    best = max(c["rows"], key=lambda r: r["flops_speedup"]["estimate"])
+    assert c["best"] == best["method"]
+    md = (full[0] / "report.md").read_text()
+    assert "## Compute: does any JEST configuration beat uniform per FLOP?" in md
+    assert f"| {best['method']} | " in md
+
+
+def test_compute_answer_says_no_when_every_configuration_costs_more(tmp_path):
+    """A jest run with the same curve as uniform at 3x its FLOPs per step: fewer FLOPs is
+    refuted (every interval below 1), and so is the target."""
+    specs = {k: SPECS[k] for k in ("reference-curated", "uniform")}
+    specs["jest-f0.8"] = dict(
+        SPECS["jest-f0.8"], tau=SPECS["uniform"]["tau"], top=SPECS["uniform"]["top"],
+        bump=SPECS["uniform"]["bump"], offsets=[-0.0041, 0.0001, 0.0039], flops=9e9,
+    )  # fmt: skip
+    report = build_report(make_suite(tmp_path, specs), plots=False)
+    (row,) = report["compute"]["rows"]
+    assert row["flops_speedup"]["ci"][1] < 1.0
+    assert row["fewer_flops"] is False and row["target_met"] is False
+    assert report["compute"]["fewer_flops"] is False and report["compute"]["target_met"] is False
+    assert "beat uniform per FLOP?\n\nFewer total FLOPs" in (tmp_path / "report.md").read_text()
+
+
+def test_arms_are_paired_with_the_run_they_vary(tmp_path):
+    specs = {k: SPECS[k] for k in ("reference-curated", "uniform", "jest-f0.8", "independent-f0.8")}
+    specs["independent-f0.8-rowcol"] = dict(
+        SPECS["independent-f0.8"], top=0.30, offsets=[-0.004, 0.001, 0.002],
+        tags={"sweep": "arm", "arm": "score_mode=rowcol", "compare": "independent-f0.8"},
+    )  # fmt: skip
+    specs["jest-f0.8-chunks1"] = dict(
+        SPECS["jest-f0.8"], top=0.28, offsets=[0.0, 0.003],
+        tags={"sweep": "arm", "arm": "n_chunks=1", "compare": "jest-f0.8"},
+    )  # fmt: skip
+    root = make_suite(tmp_path, specs)
+    report = build_report(root, plots=False)
+    rows = {r["method"]: r for r in report["arms"]}
+    assert sorted(rows) == ["independent-f0.8-rowcol", "jest-f0.8-chunks1"]
+    for name, row in rows.items():
+        other = specs[name]["tags"]["compare"]
+        assert row["compare"] == other and row["arm"] == specs[name]["tags"]["arm"]
+        mine, theirs = finals(name, specs), finals(other, specs)
+        diffs = [a - b for a, b in zip(mine, theirs, strict=False)]  # the seeds both ran
+        assert row["vs_compare"]["estimate"] == pytest.approx(mean(diffs))
+        assert row["vs_compare"]["ci"] == pytest.approx(t_interval(diffs))
+        ups = [a - b for a, b in zip(mine, finals("uniform", specs), strict=False)]
+        assert row["vs_baseline"]["estimate"] == pytest.approx(mean(ups))
+    # Tagged: never a claim's method.
+    assert all(not set(rows) & set(c["methods"]) for c in report["claims"])
+    assert "## Arms that separate causes" in (root / "report.md").read_text()
+
+
+def test_reference_strength_orders_references_and_compares_the_learner_with_each(tmp_path):
+    specs = {k: SPECS[k] for k in ("reference-curated", "uniform", "jest-f0.8")}
+    frac = {"sweep": "reference_strength"}
+    specs["reference-curated-c0.05"] = dict(
+        SPECS["reference-curated"], top=0.10, tags={**frac, "curated_fraction": 0.05}
+    )
+    specs["jest-f0.8-ref-c0.05"] = dict(
+        SPECS["jest-f0.8"], reference="reference-curated-c0.05", top=0.25,
+        tags={**frac, "curated_fraction": 0.05, "compare": "jest-f0.8"},
+    )  # fmt: skip
+    root = make_suite(tmp_path, specs)
+    report = build_report(root, plots=False)
+    rows = report["reference_strength"]
+    assert [r["method"] for r in rows] == ["jest-f0.8-ref-c0.05", "jest-f0.8"]  # weak ref first
+    assert [r["curated_fraction"] for r in rows] == [0.05, None]
+    for r in rows:
+        ref = finals(r["reference"], specs)[0]
+        assert r["reference_final"] == pytest.approx(ref)
+        above = [v - ref for v in finals(r["method"], specs)]
+        assert r["vs_reference"]["estimate"] == pytest.approx(mean(above))
+        assert r["vs_reference"]["ci"] == pytest.approx(t_interval(above))
+    # (i): the learner of the stronger reference against the weaker one's, paired by seed.
+    ups = [
+        a - b
+        for a, b in zip(
+            finals("jest-f0.8", specs), finals("jest-f0.8-ref-c0.05", specs), strict=True
+        )
+    ]
+    assert "vs_weaker" not in rows[0]
+    assert rows[1]["vs_weaker"]["estimate"] == pytest.approx(mean(ups))
+    v = report["bootstrapping"]
+    assert v["better_reference_better_learner"] == verdict(ups, 0.0)
+    aboves = [
+        verdict([x - finals(r["reference"], specs)[0] for x in finals(r["method"], specs)], 0.0)
+        for r in rows
+    ]
+    assert v["learner_above_reference"] == (
+        False if False in aboves else True if all(a is True for a in aboves) else None
+    )
+    md = (root / "report.md").read_text()
+    assert "## Reference strength (data-quality bootstrapping)" in md
+    assert "| reference-curated-c0.05 (0.05) |" in md

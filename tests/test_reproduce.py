@@ -262,3 +262,55 @@ def test_reuse_links_finished_runs_instead_of_training(suite, tmp_path, monkeypa
         reproduce(new, mode="quick", jobs=1, only=["uniform"])
     with pytest.raises(JestkitError, match=r"--reuse .*: not a suite folder"):
         reproduce(tmp_path / "other", mode="smoke", jobs=1, reuse=tmp_path, only=["uniform"])
+
+
+def test_full_size_plans_the_arms_and_the_reference_strength_ablation(tmp_path):
+    size = SIZES["full"]
+    runs = plan_suite(size)
+    by = {r.name: r for r in runs}
+    n = size.seeds_secondary
+    cfg = {name: run_config(by[name], size, tmp_path) for name in by}
+    arms = [r for r in runs if r.tags.get("sweep") == "arm"]
+    assert len(arms) == 4 * n
+    rowcol = cfg["independent-f0.8-rowcol-s0"].selection
+    assert rowcol.method == "independent" and rowcol.score_mode == "rowcol"
+    assert [cfg[f"jest-f0.8-chunks{c}-s0"].selection.n_chunks for c in (1, 4)] == [1, 4]
+    assert cfg["jest-f0.8-s0"].selection.n_chunks == 16  # the third point: the main run
+    # lambda = N_paper / N at b = 256, f = 0.8: 163,840 / 1,280.
+    lam = cfg["jest-f0.8-lambda128-s0"].selection
+    assert lam.joint_weight == 128.0 and lam.method == "jest"
+    assert all(c.selection.joint_weight == 1.0 for k, c in cfg.items() if "lambda" not in k)
+    for r in arms:
+        assert r.tags["compare"] in by or f"{r.tags['compare']}-s0" in by
+    # Reference strength: one reference per curated fraction, each guiding its own jest-f0.8.
+    for frac in size.reference_fractions:
+        ref = cfg[f"reference-curated-c{frac:g}"]
+        assert ref.data.train_split == "curated" and ref.data.curated_fraction == frac
+        assert ref.train.steps == size.reference_steps
+        learner = by[f"jest-f0.8-ref-c{frac:g}-s0"]
+        assert learner.reference == f"reference-curated-c{frac:g}"
+        assert cfg[learner.name].data.curated_fraction == cfg["jest-f0.8-s0"].data.curated_fraction
+    assert len(size.reference_fractions) >= 2
+    first_learner = next(i for i, r in enumerate(runs) if r.kind == "learner")
+    assert all(r.kind == "learner" for r in runs[first_learner:])  # references first
+
+
+def test_smoke_suite_ran_the_arms_and_the_reference_strength_ablation(suite):
+    out, report = suite
+    arms = {r["method"]: r for r in report["arms"]}
+    assert set(arms) == {
+        "independent-f0.8-rowcol",
+        "jest-f0.8-chunks1",
+        "jest-f0.8-chunks4",
+        f"jest-f0.8-lambda{163840 // 160}",  # b = 32, f = 0.8: N = 160
+    }
+    assert all(r["vs_compare"] is not None for r in arms.values())
+    cfg = json.loads((out / "runs" / "reference-curated-c0.04" / "config.json").read_text())
+    assert cfg["data"]["curated_fraction"] == 0.04
+    rows = report["reference_strength"]
+    assert {r["reference"] for r in rows} == {"reference-curated", "reference-curated-c0.04"}
+    assert all(r["vs_reference"]["estimate"] is not None for r in rows)
+    # Every selecting learner is in the per-FLOP answer, the arms and the ablation included.
+    selecting = {n for n, m in report["methods"].items() if m["kind"] == "learner"
+                 and m["selection"] != "uniform"}  # fmt: skip
+    assert {r["method"] for r in report["compute"]["rows"]} == selecting

@@ -301,6 +301,28 @@ def test_streaming_equals_dense(criterion, k, n_chunks, temperature):
             assert torch.equal(stream, dense)
 
 
+@pytest.mark.parametrize("joint_weight", [0.0, 0.5, 3.0, 128.0])
+def test_joint_weight_is_joint_selection_on_a_matrix_with_scaled_joint_terms(joint_weight):
+    """s(j | S) = A[j, j] + lambda * (row and column sums over S): the same draws as the plain
+    sampler on A' = diag(A) + lambda * offdiag(A), dense and streaming."""
+    for seed in range(3):
+        learner, reference = _problem(97, seed=40 + seed)
+        a = score_matrix(learner, reference, "learnability")
+        diag = torch.diag(a.diagonal())
+        scaled = diag + joint_weight * (a - diag)
+        expected = joint_sample(scaled, 32, 8, _gen(seed))
+        assert torch.equal(joint_sample(a, 32, 8, _gen(seed), joint_weight=joint_weight), expected)
+        stream = joint_sample_embeddings(
+            learner, reference, 32, 8, generator=_gen(seed), joint_weight=joint_weight
+        )
+        assert torch.equal(stream, expected)
+        selector = make_selector("jest", n_chunks=8, joint_weight=joint_weight)
+        assert torch.equal(selector.select(learner, reference, 32, _gen(seed))[0], expected)
+    # The weight matters: the sets differ from lambda = 1 on this problem.
+    if joint_weight != 1.0:
+        assert not torch.equal(expected, joint_sample(a, 32, 8, _gen(2)))
+
+
 def test_streaming_equals_dense_in_float32_up_to_ties():
     learner, reference = _problem(300, seed=30, dtype=torch.float32)
     a = score_matrix(learner, reference, "learnability")
@@ -522,6 +544,9 @@ def scores():
         ({"k": 4, "n_chunks": 0}, "n_chunks must be >= 1, got 0"),
         ({"k": 4, "temperature": -1.0}, "temperature must be a finite number >= 0.*-1.0"),
         ({"k": 4, "temperature": float("nan")}, "temperature .*nan"),
+        ({"k": 4, "joint_weight": -1.0}, "joint_weight must be a finite number >= 0, got -1.0"),
+        ({"k": 4, "joint_weight": float("inf")}, "joint_weight .*inf"),
+        ({"k": 4, "joint_weight": "big"}, "joint_weight must be a number >= 0, got 'big'"),
         ({"k": 4, "generator": 3}, "generator must be a torch.Generator or None, got int"),
     ],
 )

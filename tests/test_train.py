@@ -113,6 +113,7 @@ def test_lr_schedule_warmup_then_cosine():
         (["selection.method=greedy"], "unknown 'greedy'"),
         (["selection.criterion=hardest"], "unknown 'hardest'"),
         (["train.tensorboard=maybe"], "'maybe' is not a valid bool"),
+        (["selection.joint_weight=-2"], "joint_weight must be a finite number >= 0, got -2.0"),
     ],
 )
 def test_bad_config_values(overrides, message):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -64,6 +65,9 @@ class SelectionConfig:
     criterion: str = "learnability"  # learnability | hard_learner | easy_reference
     n_chunks: int = 16
     temperature: float = 1.0
+    # lambda on JEST's joint terms: 1 is the paper's algorithm; N_paper / N emulates the weight
+    # they carry in the paper's super-batch (an analysis; docs/reproduction.md, "Arms").
+    joint_weight: float = 1.0
     independent_method: str = "softmax"  # softmax | topk
     score_mode: str = "diagonal"  # independent per-example score: diagonal | rowcol
     score_batch_size: int = 256  # embed the super-batch in chunks of this many (0: at once)
@@ -425,6 +429,10 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"train.batch_size={t.batch_size} is not divisible by selection.n_chunks={s.n_chunks}",
         )
     check(s.temperature >= 0.0, f"selection.temperature must be >= 0, got {s.temperature}")
+    check(
+        math.isfinite(s.joint_weight) and s.joint_weight >= 0.0,
+        f"selection.joint_weight must be a finite number >= 0, got {s.joint_weight}",
+    )
     check(
         s.independent_method in ("softmax", "topk"),
         f"selection.independent_method must be softmax or topk, got {s.independent_method!r}",

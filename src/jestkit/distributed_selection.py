@@ -165,6 +165,7 @@ class DistributedSelector:
             generator,
             inner.temperature,
             shard=Shard(offset, local, total, pick),
+            joint_weight=inner.joint_weight,
         )
         if inner.stats:
             return idx, selection_stats(learner, reference, idx, inner.criterion)

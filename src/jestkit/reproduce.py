@@ -39,6 +39,7 @@ from typing import Any
 from jestkit.config import RunConfig, apply_overrides, config_diff, get_preset, validate
 from jestkit.errors import JestkitError, check
 from jestkit.metrics import final_record
+from jestkit.selection import super_batch_size
 
 TARGET_METRIC = "eval/retrieval_r1"
 
@@ -99,6 +100,17 @@ class SuiteSize:
     # `key=value` data overrides for every run of the suite (the regime: recipe, near-twin layout,
     # curated size), applied before each run's own overrides.
     data: tuple[str, ...] = ()
+    # The ViT family's methods when `vit` (None: uniform-vit, jest-f0.8-vit and flexi-jest-f0.8).
+    vit_methods: tuple[str, ...] | None = None
+    # Overrides of the ViT family's runs (model size, lr: tuned on uniform-vit only).
+    vit_overrides: tuple[str, ...] = ()
+    # Arms that separate causes (`seeds_secondary` seeds each, compared with the run they vary):
+    # independent selection on row + column scores, n_chunks 1 and 4, and JEST with its joint
+    # terms weighted by N_paper / N (an analysis that emulates the paper's super-batch).
+    arms: bool = False
+    # The reference-strength ablation: a reference trained on each of these curated fractions of
+    # the pool, and jest-f0.8 scoring with it (beside the main reference and its learners).
+    reference_fractions: tuple[float, ...] = ()
 
 
 # Fields added after suites were first written: an old suite.json without them used these values.
@@ -112,8 +124,32 @@ _SIZE_DEFAULTS = {
     "frontier": [],
     "lr_grid": [],
     "data": [],
+    "vit_methods": None,
+    "vit_overrides": [],
+    "arms": False,
+    "reference_fractions": [],
 }
 
+
+VIT_MODEL = "vit-tiny-56"
+# The ViT family's size, tuned on uniform-vit only (docs/reproduction.md, "The ViT family"):
+# 14-pixel patches (16 tokens; Flexi-JEST scores at 28, 4 tokens) and 4 blocks.
+VIT_TUNED = ("model.patch_sizes=[14,28]", "model.image_depth=4")
+VIT_METHODS = ("uniform-vit", "jest-f0.8-vit", "flexi-jest-f0.8")
+# The paper's super-batch at f = 0.8 (b = 32768): the joint-weight arm scales the joint terms by
+# its ratio to this suite's, as if each chunk's sums ran over that many more selected examples.
+PAPER_SUPER_BATCH = 163840
+
+# The paper's regime as data (docs/reproduction.md, "The paper's regime", states the choices and
+# why, written before it ran): near-twins in every super-batch (layouts of 96 variants), graded
+# noise over half the pool, and a curated set 2.5x the default's.
+REGIME_DATA = (
+    "data.recipe=graded-web",
+    "data.hard_negative_density=0.5",
+    "data.hard_negative_group_size=96",
+    "data.hard_negative_edits=layout",
+    "data.curated_fraction=0.2",
+)
 
 SIZES = {
     # Seconds: sklearn digits and tiny batches, for tests of the suite machinery itself.
@@ -134,18 +170,22 @@ SIZES = {
         n_chunks=4,
         frontier=(0.5,),
         lr_grid=(2.0,),
+        arms=True,
+        reference_fractions=(0.04,),
     ),
     "quick": SuiteSize(
         seeds=1,
         seeds_secondary=1,
         steps=150,
-        vit_steps=0,
+        vit_steps=150,
         reference_steps=150,
-        pool_size=20000,
+        pool_size=10000,
         eval_every=50,
         eval_max_examples=1000,
-        vit=False,
+        vit=True,
         sweeps=False,
+        vit_methods=("uniform-vit", "flexi-jest-f0.8"),
+        vit_overrides=VIT_TUNED,
     ),
     # Sized for 35 min of 2 cores with the uniform frontier and lr grid (docs/reproduction.md has
     # the cost model): 500 steps, and no ViT family, which alone would take ~24 min at 2 seeds.
@@ -163,12 +203,13 @@ SIZES = {
         frontier=(0.25, 0.5, 0.75),
         lr_grid=(0.5, 2.0),
     ),
+    # Every ablation, in the paper's regime (the regime's data and reference): hours.
     "full": SuiteSize(
         seeds=5,
         seeds_secondary=3,
         steps=2000,
         vit_steps=1500,
-        reference_steps=1000,
+        reference_steps=1500,
         pool_size=60000,
         eval_every=25,
         eval_max_examples=0,
@@ -178,6 +219,10 @@ SIZES = {
         scorers=True,
         frontier=(0.25, 0.5, 0.75),
         lr_grid=(0.5, 2.0),
+        data=REGIME_DATA,
+        vit_overrides=VIT_TUNED,
+        arms=True,
+        reference_fractions=(0.05, 0.1),
     ),
     # The batch-size sweep (b = 256 ... 4096, all at the same number of steps) and the bias-init
     # ablation, with the references and the f=0.8 trio they are compared with. Sized for about
@@ -215,26 +260,28 @@ SIZES = {
         sweeps=False,
         main_methods=("uniform", "jest-f0.8"),
         scorers=True,
+        vit_overrides=VIT_TUNED,
     ),
 }
-# The default suite in the paper's regime (docs/reproduction.md, "The paper's regime", states the
-# choices and why, written before it ran): near-twins in every super-batch (layouts of 96
-# variants), graded noise over half the pool, and a reference trained longer on a curated set
-# 2.5x larger. Otherwise the default suite (without its lr grid), for a paired reading.
+# The default suite in the paper's regime, with a reference trained longer (on the regime's larger
+# curated set). Otherwise the default suite (without its lr grid), for a paired reading.
 SIZES["regime"] = dataclasses.replace(
-    SIZES["default"],
-    reference_steps=1500,
-    lr_grid=(),
-    data=(
-        "data.recipe=graded-web",
-        "data.hard_negative_density=0.5",
-        "data.hard_negative_group_size=96",
-        "data.hard_negative_edits=layout",
-        "data.curated_fraction=0.2",
-    ),
+    SIZES["default"], reference_steps=1500, lr_grid=(), data=REGIME_DATA
 )
-
-VIT_MODEL = "vit-tiny-56"
+# The `--full` study's causes at the regime suite's scale (500 steps, 2 seeds): the arms, the
+# reference-strength ablation and the cheap scorers, with the runs they are compared with
+# (docs/reproduction.md, "Arms, reference strength and the per-FLOP answer").
+SIZES["arms"] = dataclasses.replace(
+    SIZES["regime"],
+    seeds=2,
+    main_methods=("uniform", "independent-f0.8", "jest-f0.8", "easy-reference-f0.8"),
+    arms=True,
+    reference_fractions=(0.05, 0.1),
+    scorers=True,
+    vit=True,
+    vit_steps=500,
+    vit_overrides=VIT_TUNED,
+)
 
 
 def _jest(f: float, criterion: str = "learnability") -> list[str]:
@@ -251,14 +298,14 @@ def plan_suite(size: SuiteSize, seeds: int | None = None) -> list[RunSpec]:
     n_side = min(n_main, size.seeds_secondary) if seeds is None else seeds
     steps, b = size.steps, size.batch_size
     runs: list[RunSpec] = []
-    for data in ("curated", "uncurated"):
+
+    def reference(method: str, overrides: list[str], **kw: Any) -> None:
         for seed in range(size.reference_seeds):
             # Seed 0 keeps the plain name: it is the one the learners score with.
-            name = f"reference-{data}" + (f"-s{seed}" if seed else "")
             runs.append(
                 RunSpec(
-                    name,
-                    f"reference-{data}",
+                    method + (f"-s{seed}" if seed else ""),
+                    method,
                     seed,
                     kind="reference",
                     baseline=None,
@@ -266,9 +313,13 @@ def plan_suite(size: SuiteSize, seeds: int | None = None) -> list[RunSpec]:
                     selection="uniform",
                     steps=size.reference_steps,
                     batch_size=b,
-                    overrides=[f"data.train_split={data}", "selection.method=uniform"],
+                    overrides=[*overrides, "selection.method=uniform"],
+                    **kw,
                 )
             )
+
+    for data in ("curated", "uncurated"):
+        reference(f"reference-{data}", [f"data.train_split={data}"])
 
     def learner(method: str, n_seeds: int, selection: str, overrides: list[str], **kw: Any) -> None:
         kw.setdefault("steps", steps)
@@ -333,28 +384,77 @@ def plan_suite(size: SuiteSize, seeds: int | None = None) -> list[RunSpec]:
 
     if size.vit:
         # The MLP text tower: the tiny transformer one learns the captions far slower at this budget.
-        vit = [f"model.name={VIT_MODEL}", "model.text_kind=mlp"]
+        vit = [f"model.name={VIT_MODEL}", "model.text_kind=mlp", *size.vit_overrides]
         kw = {"family": "vit", "baseline": "uniform-vit", "steps": size.vit_steps}
-        learner(
-            "uniform-vit",
-            n_side,
-            "uniform",
-            [*vit, "selection.method=uniform"],
-            reference=None,
-            **kw,
+        trio = {
+            "uniform-vit": ("uniform", [*vit, "selection.method=uniform"], {"reference": None}),
+            "jest-f0.8-vit": ("jest", [*vit, *_jest(0.8)], {}),
+            "flexi-jest-f0.8": (
+                "flexi-jest",
+                [
+                    *vit,
+                    "selection.method=flexi-jest",
+                    "selection.filter_ratio=0.8",
+                    "train.multires_fraction=0.5",
+                ],
+                {},
+            ),
+        }
+        for method in size.vit_methods or VIT_METHODS:
+            selection, overrides, extra = trio[method]
+            learner(method, n_side, selection, overrides, **kw, **extra)
+
+    if size.arms:
+        # Each arm varies one thing of the run it is compared with (tag `compare`); tagged, so no
+        # claim takes it for a main method.
+        lam = PAPER_SUPER_BATCH / super_batch_size(b, 0.8)
+        independent = ["selection.method=independent", "selection.filter_ratio=0.8"]
+        for method, sel, overrides, tags in (
+            (
+                "independent-f0.8-rowcol",
+                "independent",
+                [*independent, "selection.score_mode=rowcol"],
+                {"arm": "score_mode=rowcol", "compare": "independent-f0.8"},
+            ),
+            (
+                "jest-f0.8-chunks1",
+                "jest",
+                [*_jest(0.8), "selection.n_chunks=1"],
+                {"arm": "n_chunks=1", "compare": "jest-f0.8"},
+            ),
+            (
+                "jest-f0.8-chunks4",
+                "jest",
+                [*_jest(0.8), "selection.n_chunks=4"],
+                {"arm": "n_chunks=4", "compare": "jest-f0.8"},
+            ),
+            (
+                f"jest-f0.8-lambda{lam:g}",
+                "jest",
+                [*_jest(0.8), f"selection.joint_weight={lam:g}"],
+                {
+                    "arm": f"joint_weight={lam:g} (N_paper / N: an analysis, not the paper's "
+                    "algorithm)",
+                    "compare": "jest-f0.8",
+                },
+            ),
+        ):
+            learner(method, n_side, sel, overrides, tags={"sweep": "arm", **tags})
+
+    for frac in size.reference_fractions:
+        name = f"reference-curated-c{frac:g}"
+        reference(
+            name,
+            ["data.train_split=curated", f"data.curated_fraction={frac:g}"],
+            tags={"sweep": "reference_strength", "curated_fraction": frac},
         )
-        learner("jest-f0.8-vit", n_side, "jest", [*vit, *_jest(0.8)], **kw)
         learner(
-            "flexi-jest-f0.8",
+            f"jest-f0.8-ref-c{frac:g}",
             n_side,
-            "flexi-jest",
-            [
-                *vit,
-                "selection.method=flexi-jest",
-                "selection.filter_ratio=0.8",
-                "train.multires_fraction=0.5",
-            ],
-            **kw,
+            "jest",
+            _jest(0.8),
+            reference=name,
+            tags={"sweep": "reference_strength", "curated_fraction": frac, "compare": "jest-f0.8"},
         )
 
     if size.sweeps:
@@ -419,7 +519,7 @@ def plan_suite(size: SuiteSize, seeds: int | None = None) -> list[RunSpec]:
                 tags={"sweep": "scorer", "scorer": label, "compare": "jest-f0.8"},
             )
         if size.vit:
-            vit = [f"model.name={VIT_MODEL}", "model.text_kind=mlp"]
+            vit = [f"model.name={VIT_MODEL}", "model.text_kind=mlp", *size.vit_overrides]
             learner(
                 "jest-f0.8-vit-proxy",
                 n_side,
@@ -430,7 +530,7 @@ def plan_suite(size: SuiteSize, seeds: int | None = None) -> list[RunSpec]:
                 steps=size.vit_steps,
                 tags={"sweep": "scorer", "scorer": "proxy", "compare": "jest-f0.8-vit"},
             )
-    return runs
+    return sorted(runs, key=lambda r: r.kind != "reference")  # stable: references first
 
 
 def select_runs(runs: list[RunSpec], only: list[str]) -> list[RunSpec]:
@@ -507,7 +607,6 @@ def data_regime(pool_dir: Path, batch_size: int) -> dict[str, Any]:
 
     from jestkit.data.recipes import near_twins_per_example, twin_group_mates
     from jestkit.data.shards import read_meta
-    from jestkit.selection import super_batch_size
 
     meta = read_meta(pool_dir)
     columns = set(meta.column_names)
@@ -735,6 +834,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "noise, a stronger reference (docs/reproduction.md)",
     )
     group.add_argument(
+        "--arms",
+        action="store_true",
+        help="the --full study's causes at the regime suite's scale: rowcol, n_chunks 1/4, the "
+        "joint-weight analysis, reference strength and the cheap scorers (2 seeds)",
+    )
+    group.add_argument(
         "--scorers",
         action="store_true",
         help="only the cheap-scoring ablation (snapshot refreshed every 50/200 steps, online "
@@ -778,7 +883,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     mode = next(
-        (m for m in ("quick", "full", "smoke", "sweeps", "scorers", "regime") if getattr(args, m)),
+        (
+            m
+            for m in ("quick", "full", "smoke", "sweeps", "scorers", "regime", "arms")
+            if getattr(args, m)
+        ),
         "default",
     )
     report = reproduce(

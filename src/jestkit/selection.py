@@ -6,7 +6,9 @@ conditional scores given the examples already selected,
 
     s(j | S) = A[j, j] + sum_{i in S} A[i, j] + sum_{i in S} A[j, i],
 
-kept up to date incrementally (O(N * k) work in all). Sampling without replacement from a softmax
+kept up to date incrementally (O(N * k) work in all). ``joint_weight`` (lambda) scales the two
+sums: 1 is the paper's algorithm; lambda = N_paper / N emulates the weight the joint terms carry in
+a super-batch that many times larger (an analysis, not the paper's algorithm; 0 drops them). Sampling without replacement from a softmax
 is Gumbel-top-k. Every sampler draws its noise the same way, one ``torch.rand(N)`` per chunk from
 the caller's generator, so :func:`joint_sample` (dense ``A``) and :func:`joint_sample_embeddings`
 (streaming, never N×N) return the same indices from the same generator state, and
@@ -95,6 +97,16 @@ def _check_k(k, n: int, n_chunks=None) -> tuple[int, int]:
             "n_chunks, or an n_chunks that divides it"
         )
     return k, n_chunks
+
+
+def _check_joint_weight(joint_weight) -> float:
+    try:
+        w = float(joint_weight)
+    except (TypeError, ValueError):
+        raise JestkitError(f"joint_weight must be a number >= 0, got {joint_weight!r}") from None
+    if isinstance(joint_weight, bool) or not math.isfinite(w) or w < 0:
+        raise JestkitError(f"joint_weight must be a finite number >= 0, got {joint_weight!r}")
+    return w
 
 
 def _check_temperature(temperature) -> float:
@@ -258,6 +270,7 @@ def joint_sample(
     n_chunks: int = 16,
     generator: torch.Generator | None = None,
     temperature: float = 1.0,
+    joint_weight: float = 1.0,
 ) -> Tensor:
     """JEST's blocked sampling of ``k`` indices from a dense score matrix ``scores`` [N, N].
 
@@ -267,10 +280,11 @@ def joint_sample(
     a = _check_scores(scores, "scores", 2)
     k, n_chunks = _check_k(k, a.shape[0], n_chunks)
     t = _check_temperature(temperature)
+    w = _check_joint_weight(joint_weight)
     _check_generator(generator, a.device)
 
     def update(cond: Tensor, idx: Tensor, taken: Tensor, n_left: int) -> None:
-        cond += a.index_select(0, idx).sum(0) + a.index_select(1, idx).sum(1)
+        cond.add_(a.index_select(0, idx).sum(0) + a.index_select(1, idx).sum(1), alpha=w)
 
     return _blocked_gibbs(a.diagonal().clone(), k, n_chunks, update, generator, t)
 
@@ -286,6 +300,7 @@ def joint_sample_embeddings(
     temperature: float = 1.0,
     block_elems: int | None = None,
     shard: Shard | None = None,
+    joint_weight: float = 1.0,
 ) -> Tensor:
     """:func:`joint_sample` computed from the two models' embeddings, never holding N×N.
 
@@ -302,6 +317,7 @@ def joint_sample_embeddings(
     scorer = BlockScorer(learner, reference, criterion, block_elems=block_elems)
     k, n_chunks = _check_k(k, scorer.n, n_chunks)
     t = _check_temperature(temperature)
+    w = _check_joint_weight(joint_weight)
     _check_generator(generator, scorer.device)
     offset = 0
     if shard is not None:
@@ -322,10 +338,10 @@ def joint_sample_embeddings(
             keep = torch.nonzero_static(~taken, size=n_left).squeeze(1)
             scorer.restrict_columns(keep + offset if offset else keep)
         if scorer.columns is None:
-            cond += scorer.chunk_sums(idx)
+            cond.add_(scorer.chunk_sums(idx), alpha=w)
         else:
             cols = scorer.columns - offset if offset else scorer.columns
-            cond.index_add_(0, cols, scorer.chunk_sums(idx))
+            cond.index_add_(0, cols, scorer.chunk_sums(idx), alpha=w)
 
     diagonal = scorer.diagonal()
     if shard is not None:
@@ -587,11 +603,13 @@ class JestSelector:
     temperature: float = 1.0
     streaming: bool = True
     stats: bool = True
+    joint_weight: float = 1.0  # lambda on the joint terms (1: the paper's algorithm)
 
     def __post_init__(self) -> None:
         self.criterion = normalize_criterion(self.criterion)
         self.n_chunks = _check_int("n_chunks", self.n_chunks)
         self.temperature = _check_temperature(self.temperature)
+        self.joint_weight = _check_joint_weight(self.joint_weight)
         if not isinstance(self.streaming, bool):
             raise JestkitError(f"streaming must be True or False, got {self.streaming!r}")
         self.needs_learner, self.needs_reference = _needs(self.criterion)
@@ -600,11 +618,18 @@ class JestSelector:
         pool = _pool_size(learner, reference, n)
         if self.streaming:
             idx = joint_sample_embeddings(
-                learner, reference, k, self.n_chunks, self.criterion, generator, self.temperature
+                learner,
+                reference,
+                k,
+                self.n_chunks,
+                self.criterion,
+                generator,
+                self.temperature,
+                joint_weight=self.joint_weight,
             )
         else:
             a = score_matrix(learner, reference, self.criterion)
-            idx = joint_sample(a, k, self.n_chunks, generator, self.temperature)
+            idx = joint_sample(a, k, self.n_chunks, generator, self.temperature, self.joint_weight)
         if self.stats:
             return idx, selection_stats(learner, reference, idx, self.criterion)
         return idx, size_stats(pool, idx.numel())

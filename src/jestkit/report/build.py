@@ -19,10 +19,14 @@ from jestkit.report.plots import Plotter
 from jestkit.report.probe import load_probes
 from jestkit.report.stats import (
     FINAL_EVALS,
+    arm_comparisons,
     batch_sweep,
     bias_ablation,
+    bootstrapping_verdicts,
+    compute_answer,
     compute_methods,
     lr_grid,
+    reference_strength,
     scorer_ablation,
 )
 from jestkit.report.suite import DEFAULT_METRIC, Run, load_suite
@@ -77,6 +81,7 @@ def build_report(
         for r in runs
     ]
     notes = _notes(runs, methods, metric) + chance_notes
+    strength = reference_strength(methods)
     report = {
         "title": str(suite.get("title") or "JEST reproduction report"),
         "final_eval_table": bool(suite.get("final_eval_table", False)),
@@ -95,6 +100,10 @@ def build_report(
         "batch_sweep": batch_sweep(methods, fam),
         "bias_ablation": bias_ablation(methods),
         "scorer_ablation": scorer_ablation(methods),
+        "arms": arm_comparisons(methods),
+        "reference_strength": strength,
+        "bootstrapping": bootstrapping_verdicts(strength, min_seeds) if strength else None,
+        "compute": compute_answer(methods, min_seeds) if has_claims else None,
         "lr_grid": lr_grid(methods),
         "regime": data_regime(suite, runs),
         # Written by `python -m jestkit.analysis` into the suite folder, if it was run.

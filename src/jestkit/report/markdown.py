@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jestkit.report.inference import verdict_word
 from jestkit.report.probe import (
     render_joint_probe,
     render_scorer_agreement,
@@ -47,6 +48,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["claims"]:
         lines += _claims(report)
     lines += _methods(report, short)
+    if report.get("compute"):
+        lines += _compute(report["compute"])
     if report.get("final_eval_table"):
         lines += _final_eval(report)
     if report["batch_sweep"]:
@@ -55,6 +58,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += _bias(report["bias_ablation"])
     if report.get("scorer_ablation"):
         lines += _scorers(report["scorer_ablation"])
+    if report.get("arms"):
+        lines += _arms(report["arms"])
+    if report.get("reference_strength"):
+        lines += _reference_strength(report["reference_strength"], report.get("bootstrapping"))
     probes = report.get("probes") or {}
     if probes.get("joint"):
         lines += render_joint_probe(probes["joint"])
@@ -199,6 +206,106 @@ def _claims(report: dict[str, Any]) -> list[str]:
         "comparison that decided the claim (the weakest, for a claim made of several).",
         "",
     ]
+
+
+def _compute(c: dict[str, Any]) -> list[str]:
+    """The per-FLOP answer: any selecting configuration against uniform, with intervals."""
+    share = 1.0 / c["target_fraction"]
+    answer = {
+        True: "yes",
+        False: "no",
+        None: "undecided (no interval lies wholly above 1, not every one lies below it)",
+    }[c["fewer_flops"]]
+    lines = [
+        "## Compute: does any JEST configuration beat uniform per FLOP?",
+        "",
+        f"Fewer total FLOPs than its uniform baseline to reach the baseline's final metric: "
+        f"**{answer}**. At most {c['target_fraction']:g}x of them (a FLOP speed-up above "
+        f"{share:g}): **{verdict_word(c['target_met'])}**. Highest estimate: {c['best']}.",
+        "",
+        "| method | family | seeds | FLOP speed-up [95% CI] | fewer FLOPs? | "
+        f"<= {c['target_fraction']:g}x? | + reference training [95% CI] | FLOPs: train / "
+        "score / reference | total FLOPs / baseline's |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in c["rows"]:
+        parts = " / ".join(
+            _cell(r["flops_share"].get(k), ".0%")
+            for k in ("learner_train", "learner_score", "reference")
+        )
+        ratio = (
+            r["total_flops"] / r["baseline_total_flops"]
+            if r.get("total_flops") and r.get("baseline_total_flops")
+            else None
+        )
+        lines.append(
+            f"| {r['method']} | {r['family']} | {r['seeds']} | {_ci(r['flops_speedup'])} "
+            f"| {verdict_word(r['fewer_flops'])} | {verdict_word(r['target_met'])} "
+            f"| {_ci(r.get('flops_speedup_with_ref_training'))} | {parts} | {_cell(ratio, '.2f')} |"
+        )
+    return [
+        *lines,
+        "",
+        "FLOP speed-up: per seed, the baseline's FLOPs to its seed's final metric over the "
+        "method's (learner training + learner scoring + reference inference, the one-off cache "
+        "build included), geometric mean with a 95% t interval; the reference's own training is "
+        "in its own column. A verdict holds only when the whole interval is past the line, and "
+        "never when a seed did not reach the target (its figure is then a bound). The FLOPs "
+        "columns show where a run's compute went over its whole run.",
+        "",
+    ]
+
+
+def _arms(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Arms that separate causes",
+        "",
+        "Each arm changes one thing of the run it is compared with (same seeds, steps, batch).",
+        "",
+        "| arm | method | final (n) | compared with: final (n) | arm − compared [95% CI] "
+        "| arm − uniform [95% CI] | step speed-up vs uniform [95% CI] |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        other = (
+            "–"
+            if r.get("compare_final") is None
+            else f"{r['compare']} {r['compare_final']:.4f} ± {r['compare_final_std']:.4f}"
+        )
+        lines.append(
+            f"| {r['arm']} | {r['method']} | {r['final']:.4f} ± {r['final_std']:.4f} "
+            f"({r['seeds']}) | {other} | {_ci(r.get('vs_compare'))} "
+            f"| {_ci(r.get('vs_baseline'))} | {_ci(r.get('speedup'))} |"
+        )
+    return [*lines, ""]
+
+
+def _reference_strength(rows: list[dict[str, Any]], verdicts: dict[str, Any] | None) -> list[str]:
+    v = verdicts or {}
+    lines = [
+        "## Reference strength (data-quality bootstrapping)",
+        "",
+        "The paper's framing: a better reference gives a better learner, and the learner ends "
+        "above the reference that chose its data. Rows in order of the reference's final metric. "
+        "A better reference, a better learner (each learner above the one of the next weaker "
+        f"reference): **{verdict_word(v.get('better_reference_better_learner'))}**; the learner "
+        f"ends above its reference (every row): "
+        f"**{verdict_word(v.get('learner_above_reference'))}**.",
+        "",
+        "| reference (curated fraction) | reference final | learner | learner final (n) "
+        "| learner − reference [95% CI] (> 0?) | − the next weaker row's learner [95% CI] "
+        "| learner − uniform [95% CI] |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        frac = "suite's" if r["curated_fraction"] is None else f"{r['curated_fraction']:g}"
+        lines.append(
+            f"| {r['reference']} ({frac}) | {r['reference_final']:.4f} | {r['method']} "
+            f"| {r['final']:.4f} ± {r['final_std']:.4f} ({r['seeds']}) "
+            f"| {_ci(r['vs_reference'])} ({_against(r['vs_reference'], 0.0)}) "
+            f"| {_ci(r.get('vs_weaker'))} | {_ci(r.get('vs_baseline'))} |"
+        )
+    return [*lines, ""]
 
 
 def _lr_grid(rows: list[dict[str, Any]]) -> list[str]:

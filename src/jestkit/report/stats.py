@@ -5,6 +5,7 @@ The definitions are in the package docstring (``jestkit.report``) and docs/repro
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import statistics
@@ -12,7 +13,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from jestkit.errors import JestkitError, check
-from jestkit.report.inference import PAIRED, compare
+from jestkit.flops import KINDS
+from jestkit.report.inference import PAIRED, all_of, censor, compare, decide
 from jestkit.report.suite import Run, _finite
 from jestkit.scoring import criterion_weights
 
@@ -662,3 +664,158 @@ def lr_grid(methods: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+# The issue's compute target: a JEST configuration at <= this fraction of uniform's FLOPs.
+FLOP_FRACTION_TARGET = 0.5
+
+
+def compute_answer(methods: dict[str, dict[str, Any]], min_seeds: int = 2) -> dict[str, Any] | None:
+    """Per FLOP, does any selecting configuration reach its uniform baseline's final metric
+    with fewer total FLOPs (learner training + scoring + reference inference)?
+
+    One row per selecting method (every family, the cheap scorers and arms included): its FLOP
+    speed-up against the baseline with its interval, two three-valued verdicts (fewer FLOPs;
+    at most ``FLOP_FRACTION_TARGET`` of them), and where its FLOPs went. A seed that never
+    reached the target makes the speed-up an upper bound, so "holds" is withheld then.
+    """
+    rows = []
+    for name, m in sorted(methods.items()):
+        base = methods.get(m.get("baseline") or "")
+        if (
+            m.get("kind") != "learner"
+            or base is None
+            or base is m
+            or (m.get("selection") or "uniform") == "uniform"
+        ):
+            continue
+        vs = m.get("vs_baseline") or {}
+        cmp = vs.get("flops_speedup")
+        if not cmp:
+            continue
+        never = bool(cmp.get("never_reached"))
+        parts = {k: _mean_of(_last(r, f"flops/{k}") for r in m["_runs"]) for k in KINDS}
+        total = math.fsum(v for v in parts.values() if v is not None)
+        rows.append(
+            {
+                "method": name,
+                "family": m.get("family"),
+                "baseline": base["_name"],
+                "seeds": m["seeds"],
+                "flops_speedup": cmp,
+                "flops_speedup_with_ref_training": vs.get("flops_speedup_with_ref_training"),
+                "fewer_flops": censor(decide(cmp, 1.0, min_seeds), never, False),
+                "target_met": censor(
+                    decide(cmp, 1.0 / FLOP_FRACTION_TARGET, min_seeds), never, False
+                ),
+                "flops_share": {
+                    k: (v / total if v is not None and total > 0 else None)
+                    for k, v in parts.items()
+                },
+                "total_flops": m["total_flops"],
+                "baseline_total_flops": base["total_flops"],
+                "reference_training_flops": m.get("reference_training_flops")
+                if m.get("uses_reference")
+                else None,
+            }
+        )
+    if not rows:
+        return None
+
+    def any_of(key: str) -> bool | None:
+        verdicts = [r[key] for r in rows]
+        if any(v is True for v in verdicts):
+            return True
+        return False if all(v is False for v in verdicts) else None
+
+    best = max(rows, key=lambda r: r["flops_speedup"].get("estimate") or 0.0)
+    return {
+        "target_fraction": FLOP_FRACTION_TARGET,
+        "fewer_flops": any_of("fewer_flops"),
+        "target_met": any_of("target_met"),
+        "best": best["method"],
+        "rows": rows,
+    }
+
+
+def arm_comparisons(methods: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Arms (tag ``sweep: arm``): each against the run it varies (tag ``compare``), paired by
+    seed, and against its uniform baseline (final metric and step speed-up)."""
+    rows = []
+    for name, m in sorted(methods.items()):
+        tags = m["tags"]
+        if tags.get("sweep") != "arm":
+            continue
+        other = methods.get(tags.get("compare") or "")
+        vs = m.get("vs_baseline") or {}
+        rows.append(
+            {
+                "method": name,
+                "arm": tags.get("arm"),
+                "compare": other["_name"] if other else None,
+                "final": m["final_metric"],
+                "final_std": m["final_metric_std"],
+                "seeds": m["seeds"],
+                "compare_final": other["final_metric"] if other else None,
+                "compare_final_std": other["final_metric_std"] if other else None,
+                "vs_compare": compare(m["_final_by_seed"], other["_final_by_seed"], "difference")
+                if other
+                else None,
+                "vs_baseline": vs.get("final"),
+                "speedup": vs.get("speedup"),
+            }
+        )
+    return rows
+
+
+def reference_strength(methods: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Data-quality bootstrapping: per reference, its final metric and the final metric of the
+    learner it guides (jest at the same f), the learner against the reference (a fixed value:
+    every seed scored with the same model) and against uniform.
+
+    Rows: the main learner ``compare``d by the ablation's learners (tag ``sweep:
+    reference_strength``), then those learners, in order of their reference's final metric.
+    """
+    learners = [
+        m for m in methods.values() if m["tags"].get("sweep") == "reference_strength"
+        and m.get("kind") == "learner"
+    ]  # fmt: skip
+    if not learners:
+        return []
+    main = methods.get(learners[0]["tags"].get("compare") or "")
+    rows = []
+    for m in ([main] if main else []) + learners:
+        ref = methods.get(m.get("reference") or "")
+        if ref is None:
+            continue
+        vs = m.get("vs_baseline") or {}
+        rows.append(
+            {
+                "method": m["_name"],
+                "reference": ref["_name"],
+                "curated_fraction": ref["tags"].get("curated_fraction"),
+                "reference_final": ref["final_metric"],
+                "final": m["final_metric"],
+                "final_std": m["final_metric_std"],
+                "seeds": m["seeds"],
+                "vs_reference": compare(m["_final_by_seed"], ref["final_metric"], "difference"),
+                "vs_baseline": vs.get("final"),
+            }
+        )
+    rows.sort(key=lambda r: r["reference_final"])
+    # (i) a better reference, a better learner: each learner against the one guided by the next
+    # weaker reference, paired by seed.
+    for prev, row in itertools.pairwise(rows):
+        a, b = methods[row["method"]], methods[prev["method"]]
+        row["vs_weaker"] = compare(a["_final_by_seed"], b["_final_by_seed"], "difference")
+    return rows
+
+
+def bootstrapping_verdicts(rows: list[dict[str, Any]], min_seeds: int = 2) -> dict[str, Any]:
+    """The two readings of data-quality bootstrapping over the reference-strength rows."""
+    better = [decide(r["vs_weaker"], 0.0, min_seeds) for r in rows if r.get("vs_weaker")]
+    above = [decide(r["vs_reference"], 0.0, min_seeds) for r in rows]
+    return {
+        "better_reference_better_learner": all_of(better) if better else None,
+        "learner_above_reference": all_of(above) if above else None,
+    }
