@@ -426,12 +426,56 @@ def test_layout_edits_change_one_thing_each_and_pairs_two():
         scenes.apply_edit(scene, ("class", 0, 3))
 
 
-def _generate_plan(dataset, size, rates, **plan_kw):
+def test_compatible_combinations_are_every_pairwise_compatible_set():
+    import itertools
+
+    rng = np.random.default_rng(12)
+    for _ in range(6):
+        edits = scenes.layout_edits(scenes.sample_scene(rng, _by_class()), 10)
+        for k in (1, 2, 3):
+            brute = [
+                c
+                for c in itertools.combinations(edits, k)
+                if all(scenes.compatible(a, b) for a, b in itertools.combinations(c, 2))
+            ]
+            assert scenes.compatible_combinations(edits, k) == brute
+
+
+def _generate_plan(dataset, size, rates, n_items=(2, 4), **plan_kw):
     source = recipes.load_source(dataset, "train")
     off = None if dataset == "digits" else recipes.Source(*fashion.load_digits(), "digits", 10)
     plan = recipes.SplitPlan("pool", size, source, rates, **plan_kw)
-    gen = recipes.SplitGenerator(dataset, plan, np.random.default_rng(0), set(), off_source=off)
+    gen = recipes.SplitGenerator(
+        dataset, plan, np.random.default_rng(0), set(), n_items=n_items, off_source=off
+    )
     return gen.generate()
+
+
+@pytest.mark.skipif(not fashion.fashion_available(), reason="needs dataset-fashion-mnist")
+def test_layout_groups_past_the_pairs_take_triples_of_edits():
+    # A 2-item scene has 26 single edits and 249 compatible pairs: a group of 300 (the large
+    # pool's layouts) holds all of them and 24 triples, every variant still told apart in words.
+    recs = _generate_plan(
+        "fashion-scenes", 700, {}, n_items=(2, 2), hard_negative_density=0.9,
+        group_size=300, twin_edits="layout",
+    )  # fmt: skip
+    groups = collections.defaultdict(list)
+    for r in recs:
+        if r.meta["hard_negative_group"] >= 0:
+            groups[r.meta["hard_negative_group"]].append(r)
+    assert len(groups) == 2
+    for members in groups.values():
+        assert len({r.caption for r in members}) == len({r.uid for r in members}) == 300
+        n_edits = collections.Counter(
+            0 if r.meta["twin_edit"] == "base" else len(r.meta["twin_edit"].split("+"))
+            for r in members
+        )
+        assert n_edits == {0: 1, 1: 26, 2: 249, 3: 24}
+        base = next(r for r in members if r.meta["twin_edit"] == "base")
+        b_items = set(_parse(base.caption))
+        for r in members:
+            changed = len(b_items - set(_parse(r.caption)))
+            assert changed <= 2 and (changed >= 1 or r is base)  # two items: at most both change
 
 
 @pytest.mark.skipif(not fashion.fashion_available(), reason="needs dataset-fashion-mnist")

@@ -405,5 +405,6 @@ def test_prepare_layout_groups_and_graded_recipe(tmp_path, capsys):
     assert cli(bad) == 2  # attribute edits: at most 9 per group
     err = capsys.readouterr().err
     assert "--hard-negative-group-size: must be <= 9 with --hard-negative-edits attribute" in err
-    assert cli([*bad[:-1], "300", "--hard-negative-edits", "layout"]) == 2
-    assert "must be <= 276 with --hard-negative-edits layout" in capsys.readouterr().err
+    assert cli([*bad[:-1], "1393", "--hard-negative-edits", "layout"]) == 2
+    # 2-item scenes bound it: 26 single edits, 249 compatible pairs, 1116 compatible triples.
+    assert "must be <= 1392 with --hard-negative-edits layout" in capsys.readouterr().err

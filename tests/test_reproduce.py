@@ -196,6 +196,36 @@ def test_regime_size_is_the_default_suite_on_the_regime_data(tmp_path):
     assert in_groups * (g - 1) / pool * (n - 1) / (pool - 1) >= 1.0
 
 
+def _near_twins(pool: int, density: float, g: int, n: int) -> float:
+    """Near-twins an example meets in a random super-batch of n, by prepare's group arithmetic."""
+    in_groups = round(density * pool) // g * g
+    return in_groups * (g - 1) / pool * (n - 1) / (pool - 1)
+
+
+def test_unrepeated_size_is_the_regime_on_a_pool_scored_twice(tmp_path):
+    from jestkit.selection import super_batch_size
+
+    regime, unrepeated = SIZES["regime"], SIZES["unrepeated"]
+    runs = plan_suite(unrepeated)
+    assert [r.name for r in runs] == [r.name for r in plan_suite(regime)]
+    n = super_batch_size(regime.batch_size, 0.8)
+    for size in (regime, unrepeated):
+        cfg = run_config(runs[0], size, tmp_path)
+        d = cfg.data
+        assert d.recipe == "graded-web" and d.hard_negative_edits == "layout"
+        assert round(d.curated_fraction * d.pool_size) == 12000  # the same curated set size
+        # Each pool's layouts are the smallest groups that give >= 1 near-twin per example.
+        g, pool = d.hard_negative_group_size, d.pool_size
+        assert _near_twins(pool, d.hard_negative_density, g, n) >= 1.0
+        assert _near_twins(pool, d.hard_negative_density, g - 1, n) < 1.0
+    # The f = 0.8 learner scores the unrepeated pool twice (the regime's about 11 times).
+    passes = unrepeated.steps * n / unrepeated.pool_size
+    assert passes == 2.0 and regime.steps * n / regime.pool_size > 10
+    for a, b in zip(plan_suite(regime), runs, strict=True):  # otherwise the same runs
+        ca, cb = run_config(a, regime, tmp_path), run_config(b, unrepeated, tmp_path)
+        assert (ca.train, ca.selection, ca.model) == (cb.train, cb.selection, cb.model)
+
+
 def test_only_takes_regexes_and_keeps_the_references_needed():
     runs = plan_suite(SIZES["sweeps"])
     chosen = select_runs(runs, [r".*-b4096"])

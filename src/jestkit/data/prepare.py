@@ -108,7 +108,7 @@ class PrepareConfig:
             what = (
                 "a distinct single edit"
                 if c.hard_negative_edits == "attribute"
-                else "a distinct edit or pair of edits"
+                else "a distinct edit, or pair or triple of edits,"
             )
             raise JestkitError(
                 f"--hard-negative-group-size: must be <= {most} with --hard-negative-edits "
@@ -125,8 +125,9 @@ class PrepareConfig:
 
 def max_group_size(edits: str, min_items: int, max_items: int, n_classes: int) -> int:
     """The largest near-twin group every scene size can fill: the base plus one variant per
-    distinct single edit ("attribute"), or per distinct single edit or compatible pair ("layout").
-    Edit counts depend only on the number of items, so a scene in the first cells stands for all."""
+    distinct single edit ("attribute"), or per distinct single edit, compatible pair or compatible
+    triple ("layout"). Edit counts depend only on the number of items, so a scene in the first
+    cells stands for all."""
     from jestkit.data import scenes as sc
 
     most = []
@@ -136,8 +137,8 @@ def max_group_size(edits: str, min_items: int, max_items: int, n_classes: int) -
             most.append(1 + len(sc.twin_edits(scene)))
             continue
         singles = sc.layout_edits(scene, n_classes)
-        pairs = sum(sc.compatible(a, b) for i, a in enumerate(singles) for b in singles[i + 1 :])
-        most.append(1 + len(singles) + pairs)
+        pairs, triples = (len(sc.compatible_combinations(singles, k)) for k in (2, 3))
+        most.append(1 + len(singles) + pairs + triples)
     return min(most)
 
 

@@ -475,20 +475,20 @@ class SplitGenerator:
         self, group: int, scene: sc.Scene, wording: sc.Wording
     ) -> list[tuple[np.ndarray, str, dict[str, Any]]]:
         """A layout and ``group_size - 1`` variants: every distinct single edit first (in random
-        order), then distinct pairs of compatible edits. Captions share the layout's wording."""
+        order), then distinct pairs of compatible edits, then (for groups larger than a scene's
+        singles and pairs: large pools) distinct triples. Captions share the layout's wording."""
         src, rng = self.plan.source, self.rng
         singles = sc.layout_edits(scene, src.n_classes)
         k = self.plan.group_size - 1
         variants = [[singles[int(j)]] for j in rng.permutation(len(singles))[:k]]
         if k > len(singles):
-            pairs = [
-                (singles[a], singles[b])
-                for a in range(len(singles))
-                for b in range(a + 1, len(singles))
-                if sc.compatible(singles[a], singles[b])
-            ]
-            pick = rng.choice(len(pairs), size=k - len(singles), replace=False)
+            pairs = sc.compatible_combinations(singles, 2)
+            pick = rng.choice(len(pairs), size=min(k - len(singles), len(pairs)), replace=False)
             variants += [list(pairs[int(j)]) for j in pick]
+        if k > len(variants):
+            triples = sc.compatible_combinations(singles, 3)
+            pick = rng.choice(len(triples), size=k - len(variants), replace=False)
+            variants += [list(triples[int(j)]) for j in pick]
         out = []
         for edits in [[], *variants]:
             s = scene

@@ -211,6 +211,24 @@ def compatible(a: tuple[str, int, int], b: tuple[str, int, int]) -> bool:
     return not (a[0] == "move" and b[0] == "move" and a[2] == b[2])
 
 
+def compatible_combinations(
+    edits: list[tuple[str, int, int]], size: int
+) -> list[tuple[tuple[str, int, int], ...]]:
+    """Every set of ``size`` edits (in ``edits`` order) that are pairwise :func:`compatible`."""
+    out: list[tuple[tuple[str, int, int], ...]] = []
+
+    def grow(chosen: tuple[tuple[str, int, int], ...], start: int) -> None:
+        if len(chosen) == size:
+            out.append(chosen)
+            return
+        for j in range(start, len(edits)):
+            if all(compatible(e, edits[j]) for e in chosen):
+                grow((*chosen, edits[j]), j + 1)
+
+    grow((), 0)
+    return out
+
+
 def apply_edit(scene: Scene, edit: tuple[str, int, int], index: int | None = None) -> Scene:
     """``scene`` with one edit applied; a "class" edit also needs the new item's source ``index``."""
     kind, i, cell = edit
