@@ -173,13 +173,13 @@ def test_sweeps_size_plans_the_sweep_and_the_ablation():
     assert {r.reference for r in runs if r.kind == "learner"} <= {None, "reference-curated"}
 
 
-def test_regime_size_is_the_default_suite_on_the_regime_data(tmp_path):
+def test_regime_size_is_the_classic_suite_on_the_regime_data(tmp_path):
     from jestkit.selection import super_batch_size
 
-    regime, default = SIZES["regime"], SIZES["default"]
+    regime, classic = SIZES["regime"], SIZES["classic"]
     runs = plan_suite(regime)
     names = {r.name for r in runs}
-    assert {r.name for r in plan_suite(default) if "-lr" not in r.name} == names
+    assert {r.name for r in plan_suite(classic) if "-lr" not in r.name} == names
     for r in runs:
         cfg = run_config(r, regime, tmp_path)
         assert cfg.data.recipe == "graded-web" and cfg.data.hard_negative_edits == "layout"
@@ -224,6 +224,28 @@ def test_unrepeated_size_is_the_regime_on_a_pool_scored_twice(tmp_path):
     for a, b in zip(plan_suite(regime), runs, strict=True):  # otherwise the same runs
         ca, cb = run_config(a, regime, tmp_path), run_config(b, unrepeated, tmp_path)
         assert (ca.train, ca.selection, ca.model) == (cb.train, cb.selection, cb.model)
+
+
+def test_default_size_is_the_unrepeated_regime_with_the_vit_pair(tmp_path):
+    default, unrepeated = SIZES["default"], SIZES["unrepeated"]
+    runs = {r.name: r for r in plan_suite(default)}
+    mlp = {r.name: r for r in plan_suite(unrepeated)}
+    assert {n: r for n, r in runs.items() if r.family != "vit"} == mlp
+    vit = [r for r in runs.values() if r.family == "vit"]
+    assert sorted(r.name for r in vit) == [
+        "flexi-jest-f0.8-s0", "flexi-jest-f0.8-s1", "uniform-vit-s0", "uniform-vit-s1",
+    ]  # fmt: skip
+    for r in vit:
+        cfg = run_config(r, default, tmp_path)
+        assert cfg.train.steps == 1000 and cfg.data.pool_size == unrepeated.pool_size
+        assert cfg.model.overrides == {
+            "patch_sizes": [14, 28],
+            "image_depth": 4,
+            "text_kind": "mlp",
+        }
+    # The MLP runs are configured exactly as the unrepeated suite's (one data, one reference).
+    for name, r in mlp.items():
+        assert run_config(runs[name], default, tmp_path) == run_config(r, unrepeated, tmp_path)
 
 
 def test_only_takes_regexes_and_keeps_the_references_needed():

@@ -1,9 +1,9 @@
 """`jestkit reproduce`: the paper's claims, measured on the embedded real dataset.
 
-    jestkit reproduce --out runs/repro            # the default suite (~30 min on 2 CPU cores)
+    jestkit reproduce --out runs/repro            # the default suite (~35 min on 2 CPU cores)
     jestkit reproduce --quick --out runs/quick    # a 3-minute smoke version
     jestkit reproduce --full --out runs/full      # every ablation, more seeds, the batch-size sweep
-    jestkit reproduce --sweeps --out runs/sweeps --reuse runs/default --jobs 1 --threads 1
+    jestkit reproduce --sweeps --out runs/sweeps --reuse runs/classic --jobs 1 --threads 1
                                                   # the batch-size sweep + bias-init ablation only
     jestkit reproduce --full --only 'uniform|jest-f0.8.*' --out runs/full   # a subset (regexes)
 
@@ -17,7 +17,7 @@ one resumes from its last checkpoint, so an interrupted suite continues where it
 `--reuse SUITE` links (symlinks) every finished run of another suite folder whose saved config is
 the one this suite would train (reference paths compared by reference name), with the reference
 models and caches it used, instead of training it again: the `sweeps` size shares its references
-and its bias -10 / b=256 runs with the default suite.
+and its bias -10 / b=256 runs with the classic suite (the former default).
 """
 
 from __future__ import annotations
@@ -200,9 +200,9 @@ SIZES = {
         vit_methods=("uniform-vit", "flexi-jest-f0.8"),
         vit_overrides=VIT_TUNED,
     ),
-    # Sized for 35 min of 2 cores with the uniform frontier and lr grid (docs/reproduction.md has
-    # the cost model): 500 steps, and no ViT family, which alone would take ~24 min at 2 seeds.
-    "default": SuiteSize(
+    # The default suite before the regime became it (the web-noise pool with twin pairs), sized
+    # for 35 min of 2 cores with the uniform frontier and lr grid: 500 steps, no ViT family.
+    "classic": SuiteSize(
         seeds=3,
         seeds_secondary=2,
         steps=500,
@@ -239,7 +239,7 @@ SIZES = {
     ),
     # The batch-size sweep (b = 256 ... 4096, all at the same number of steps) and the bias-init
     # ablation, with the references and the f=0.8 trio they are compared with. Sized for about
-    # 75 minutes of one core; the default suite's runs are reusable (`--reuse runs/default`).
+    # 75 minutes of one core; the classic suite's runs are reusable (`--reuse runs/classic`).
     "sweeps": SuiteSize(
         seeds=3,
         seeds_secondary=2,
@@ -259,7 +259,7 @@ SIZES = {
     ),
     # Cheap scoring (jestkit.sources) against full-learner scoring: a learner snapshot refreshed
     # every 50 / 200 steps, an online proxy (MLP and ViT learners), with what they are compared
-    # with (all reusable from the default suite).
+    # with (all reusable from the classic suite).
     "scorers": SuiteSize(
         seeds=3,
         seeds_secondary=2,
@@ -276,14 +276,23 @@ SIZES = {
         vit_overrides=VIT_TUNED,
     ),
 }
-# The default suite in the paper's regime, with a reference trained longer (on the regime's larger
-# curated set). Otherwise the default suite (without its lr grid), for a paired reading.
+# The classic suite in the paper's regime, with a reference trained longer (on the regime's
+# larger curated set). Otherwise the classic suite (without its lr grid), for a paired reading.
 SIZES["regime"] = dataclasses.replace(
-    SIZES["default"], reference_steps=1500, lr_grid=(), data=REGIME_DATA
+    SIZES["classic"], reference_steps=1500, lr_grid=(), data=REGIME_DATA
 )
 # The regime suite, its data grown so that the pool is not repeated (the same runs and rules).
 SIZES["unrepeated"] = dataclasses.replace(
     SIZES["regime"], pool_size=UNREPEATED_POOL, data=UNREPEATED_DATA
+)
+# What `jestkit reproduce` and `make demo` run: the unrepeated regime, plus the tuned ViT pair so
+# that Flexi-JEST is measured per FLOP (docs/reproduction.md, "The default suite becomes ...").
+SIZES["default"] = dataclasses.replace(
+    SIZES["unrepeated"],
+    vit=True,
+    vit_steps=1000,
+    vit_methods=("uniform-vit", "flexi-jest-f0.8"),
+    vit_overrides=VIT_TUNED,
 )
 # The `--full` study's causes at the regime suite's scale (500 steps, 2 seeds): the arms, the
 # reference-strength ablation and the cheap scorers, with the runs they are compared with
@@ -845,10 +854,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="every ablation, more seeds, the batch-size and bias-init sweeps",
     )
     group.add_argument(
+        "--classic",
+        action="store_true",
+        help="the former default: the web-noise pool with twin pairs, uniform's lr grid, no ViT",
+    )
+    group.add_argument(
         "--regime",
         action="store_true",
-        help="the default suite in the paper's regime: near-twins in every super-batch, graded "
-        "noise, a stronger reference (docs/reproduction.md)",
+        help="the classic suite in the paper's regime: near-twins in every super-batch, graded "
+        "noise, a stronger reference, on a 60k pool (docs/reproduction.md)",
     )
     group.add_argument(
         "--unrepeated",
@@ -900,19 +914,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SUITE",
         help="link the finished runs of another suite folder that this suite would train "
-        "identically (e.g. --sweeps --reuse runs/default), with their references and caches",
+        "identically (e.g. --sweeps --reuse runs/classic), with their references and caches",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    mode = next(
-        (
-            m
-            for m in ("quick", "full", "smoke", "sweeps", "scorers", "regime", "unrepeated", "arms")
-            if getattr(args, m)
-        ),
-        "default",
-    )
+    # Each size but the default has its flag (mutually exclusive).
+    mode = next((m for m in SIZES if m != "default" and getattr(args, m, False)), "default")
     report = reproduce(
         args.out,
         mode=mode,
