@@ -310,8 +310,13 @@ def test_reuse_links_finished_runs_instead_of_training(suite, tmp_path, monkeypa
         del old["size"][key]
     path.write_text(json.dumps(old))
     reproduce(new, mode="smoke", jobs=1, only=["uniform"])
-    with pytest.raises(JestkitError, match="holds a suite of another size"):
+    with pytest.raises(JestkitError, match=r"holds a suite of another size \(smoke\)"):
         reproduce(new, mode="quick", jobs=1, only=["uniform"])
+    # The same size name defined otherwise (a suite folder from another version's default).
+    old["size"]["steps"] += 1
+    path.write_text(json.dumps(old))
+    with pytest.raises(JestkitError, match=r"\(smoke, as another jestkit version defined it\)"):
+        reproduce(new, mode="smoke", jobs=1, only=["uniform"])
     with pytest.raises(JestkitError, match=r"--reuse .*: not a suite folder"):
         reproduce(tmp_path / "other", mode="smoke", jobs=1, reuse=tmp_path, only=["uniform"])
 

@@ -697,10 +697,12 @@ def reproduce(
     previous = suite / "suite.json"
     if previous.is_file():
         old = json.loads(previous.read_text())
+        what = old.get("mode")
+        if what == mode:  # the same name, defined otherwise: e.g. the default before --classic
+            what = f"{mode}, as another jestkit version defined it"
         check(
             old.get("mode") == mode and {**_SIZE_DEFAULTS, **old.get("size", {})} == size_json,
-            f"--out {str(suite)!r} holds a suite of another size ({old.get('mode')}); "
-            f"choose another --out",
+            f"--out {str(suite)!r} holds a suite of another size ({what}); choose another --out",
         )
         known_runs = {r["name"]: r for r in old["runs"]}
         known_runs.update({r["name"]: r for r in planned["runs"]})
