@@ -191,9 +191,8 @@ def test_regime_size_is_the_classic_suite_on_the_regime_data(tmp_path):
     # sits in a layout of 96, so an example meets >= 1 near-twin in a super-batch at f = 0.8.
     cfg = run_config(runs[0], regime, tmp_path)
     pool, g = cfg.data.pool_size, cfg.data.hard_negative_group_size
-    in_groups = round(cfg.data.hard_negative_density * pool) // g * g
     n = super_batch_size(cfg.train.batch_size, 0.8)
-    assert in_groups * (g - 1) / pool * (n - 1) / (pool - 1) >= 1.0
+    assert _near_twins(pool, cfg.data.hard_negative_density, g, n) >= 1.0
 
 
 def _near_twins(pool: int, density: float, g: int, n: int) -> float:
