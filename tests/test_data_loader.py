@@ -106,11 +106,13 @@ def test_super_batches_have_exactly_n_and_an_epoch_has_no_repeats(split):
 def test_streaming_equals_in_memory_and_workers_equal_sequential(split):
     kw = {"batch_size": 96, "seed": 7, "window": 100, "progress": False}
     mem = iter(SuperBatchLoader(split, in_memory=True, **kw))
+    cached = iter(SuperBatchLoader(split, in_memory=True, **kw))  # maps what `mem` decoded
+    assert len(list(split.glob(".decoded-*.npy"))) == 1
     stream = iter(SuperBatchLoader(split, in_memory=False, **kw))
     workers = iter(SuperBatchLoader(split, in_memory=False, num_workers=2, **kw))
     for _ in range(23):  # more than two epochs of 10
-        a, b, c = next(mem), next(stream), next(workers)
-        assert _same(a, b) and _same(a, c)
+        a, b, c, d = next(mem), next(stream), next(workers), next(cached)
+        assert _same(a, b) and _same(a, c) and _same(a, d)
 
 
 def test_ranks_never_share_an_example_within_an_epoch(split):

@@ -301,6 +301,78 @@ def test_index_cache_is_invalidated_when_shards_change(tmp_path):
     assert any(issubclass(c.category, BadRecordWarning) for c in caught)
 
 
+def _scene_split(d: Path, value: int) -> Path:
+    w = SplitWriter(d, (1, 8, 8), shard_size=4)
+    for i in range(10):
+        img = ((np.arange(64).reshape(1, 8, 8) * (i + 1) + value) % 256).astype(np.uint8)
+        w.write(encode_png(img), f"caption {i} \u00e9t\u00e9 {value}", {"label": i})
+    w.close()
+    return d
+
+
+def test_decoded_split_is_cached_and_mapped_only_while_its_shards_are_unchanged(
+    tmp_path, monkeypatch
+):
+    from jestkit.data import shards
+
+    d = _scene_split(tmp_path / "s", 0)
+    fresh = build_index(d, cache=False, progress=False).read_all()
+    assert fresh[0].flags.writeable and not list(d.glob(".decoded-*"))  # cache=False: no copy
+    first = build_index(d, progress=False).read_all()  # decodes and keeps the decoded split
+    assert np.array_equal(first[0], fresh[0]) and first[1] == fresh[1]
+    assert len(list(d.glob(".decoded-*.npy"))) == len(list(d.glob(".captions-*.json"))) == 1
+
+    def no_decode(*a):
+        raise AssertionError("decoded a PNG although the decoded split is cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(shards.ShardIndex, "_decode", no_decode)
+        m.setattr(shards.ShardIndex, "_fd", no_decode)
+        index = build_index(d, progress=False)
+        images, captions = index.read_all()
+        assert not images.flags.writeable  # memory-mapped, read-only
+        assert np.array_equal(images, fresh[0]) and captions == fresh[1]
+        assert index.read_captions() == fresh[1]
+        sb = load_split(d)
+    assert torch_equal(sb.images, fresh[0]) and sb.captions == fresh[1]
+
+    # New content under the same names: a new key; the stale copy is neither used nor kept.
+    old_copy = next(d.glob(".decoded-*.npy"))
+    _scene_split(tmp_path / "t", 7)
+    for f in (tmp_path / "t").iterdir():
+        f.replace(d / f.name)
+    changed = build_index(d, cache=False, progress=False).read_all()
+    assert not np.array_equal(changed[0], fresh[0])
+    again = build_index(d, progress=False).read_all()
+    assert np.array_equal(again[0], changed[0]) and again[1] == changed[1]
+    assert not old_copy.exists() and len(list(d.glob(".decoded-*.npy"))) == 1
+
+    # A torn copy is decoded again (and rewritten whole).
+    copy = next(d.glob(".decoded-*.npy"))
+    copy.write_bytes(copy.read_bytes()[:200])
+    torn = build_index(d, progress=False).read_all()
+    assert torn[0].flags.writeable and np.array_equal(torn[0], changed[0])
+    assert copy.stat().st_size > 640
+
+    # A split that cannot be written (read-only, full disk) is decoded every time.
+    e = _scene_split(tmp_path / "ro", 3)
+    build_index(e, progress=False)  # its index is cached while writable
+
+    def read_only(path, data):
+        raise OSError(30, "Read-only file system", str(path))
+
+    monkeypatch.setattr(shards, "atomic_write", read_only)
+    for _ in range(2):
+        images, captions = build_index(e, progress=False).read_all()
+        assert images.flags.writeable and len(captions) == 10
+        assert np.array_equal(images, build_index(e, cache=False, progress=False).read_all()[0])
+    assert not list(e.glob(".decoded-*")) and not list(e.glob(".captions-*"))
+
+
+def torch_equal(t, a: np.ndarray) -> bool:
+    return bool((t.numpy() == a).all()) and tuple(t.shape) == a.shape
+
+
 def test_writer_skips_or_rejects_duplicate_uids(tmp_path):
     png = encode_png(np.zeros((1, 8, 8), np.uint8))
     w = SplitWriter(tmp_path / "a", (1, 8, 8))

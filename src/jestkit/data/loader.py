@@ -326,6 +326,8 @@ def load_split(
     """A whole (small) split in memory, in shard order: eval sets, zero-shot sets, tests."""
     index = build_index(split_dir, strict=strict, progress=progress)
     images, captions = index.read_all(progress=progress)
+    if not images.flags.writeable:  # the memory-mapped decoded cache: a tensor needs its own copy
+        images = np.array(images)
     return _batch(index, np.arange(len(index)), images, captions)
 
 

@@ -451,6 +451,7 @@ class ShardIndex:
     bad: BadRecords
     meta: dict[str, np.ndarray] = field(default_factory=dict)
     fingerprint: str = ""
+    cache_key: str = ""  # the index cache's key; "" (not cached): read_all decodes every time
 
     def __post_init__(self) -> None:
         self._fds: dict[int, int] = {}
@@ -517,6 +518,8 @@ class ShardIndex:
 
     def read_captions(self) -> list[str]:
         """Every caption, without decoding images."""
+        if self.cache_key and (cached := self._cached_captions()) is not None:
+            return cached
         out = []
         for s, t, n in zip(
             self.shard.tolist(), self.txt_offset.tolist(), self.txt_size.tolist(), strict=True
@@ -525,7 +528,58 @@ class ShardIndex:
         return out
 
     def read_all(self, progress: bool = False) -> tuple[np.ndarray, list[str]]:
-        """Every good record, one whole-shard read at a time (the in-memory backend)."""
+        """Every good record: images ``uint8 [n, C, H, W]`` and captions (the in-memory backend).
+
+        A cached index also keeps the decoded split beside it (``.decoded-<key>.npy`` and
+        ``.captions-<key>.json``), so that later runs on the same data memory-map it read-only
+        instead of decoding every PNG again, and concurrent runs share its pages. A split that
+        cannot be written (read-only, full disk) is decoded each time.
+        """
+        if not self.cache_key:
+            return self._decode_all(progress)
+        images_path, captions_path = self._decoded_paths()
+        cached = self._load_decoded(images_path)
+        if cached is not None:
+            return cached
+        images, captions = self._decode_all(progress)
+        try:
+            atomic_write(captions_path, json.dumps(captions, ensure_ascii=False))
+            atomic_write(images_path, lambda tmp: _save_npy(tmp, images))
+        except OSError:
+            return images, captions
+        keep = (images_path, captions_path)  # one decoded copy per split: drop older keys
+        for stale in [*self.split_dir.glob(".decoded-*"), *self.split_dir.glob(".captions-*")]:
+            if stale not in keep:
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+        return images, captions
+
+    def _decoded_paths(self) -> tuple[Path, Path]:
+        return (
+            self.split_dir / f".decoded-{self.cache_key}.npy",
+            self.split_dir / f".captions-{self.cache_key}.json",
+        )
+
+    def _load_decoded(self, images_path: Path) -> tuple[np.ndarray, list[str]] | None:
+        """The decoded split cached under this index's key, if present and whole."""
+        try:
+            images = np.load(images_path, mmap_mode="r")
+        except (OSError, ValueError):  # absent, torn or foreign: decode again
+            return None
+        if images.shape != (len(self), *self.shape) or images.dtype != np.uint8:
+            return None
+        captions = self._cached_captions()
+        return None if captions is None else (images, captions)
+
+    def _cached_captions(self) -> list[str] | None:
+        try:
+            captions = json.loads(self._decoded_paths()[1].read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return captions if isinstance(captions, list) and len(captions) == len(self) else None
+
+    def _decode_all(self, progress: bool) -> tuple[np.ndarray, list[str]]:
+        """Decode every good record, one whole-shard read at a time."""
         from tqdm import tqdm
 
         out = np.empty((len(self), *self.shape), np.uint8)
@@ -553,6 +607,11 @@ class ShardIndex:
             bar.update(b - a)
         bar.close()
         return out, captions
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a tmp name
+        np.save(f, array)
 
 
 def _index_key(split_dir: Path, shards: list[str], shape: tuple[int, int, int]) -> str:
@@ -799,6 +858,7 @@ def build_index(
         bad=bad,
         meta=_meta_columns(table, rows),
         fingerprint=fingerprint_uids(arrays["uid"]),
+        cache_key=key if cache else "",
         **arrays,
     )
     if bad.total:
