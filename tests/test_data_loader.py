@@ -107,7 +107,7 @@ def test_streaming_equals_in_memory_and_workers_equal_sequential(split):
     kw = {"batch_size": 96, "seed": 7, "window": 100, "progress": False}
     mem = iter(SuperBatchLoader(split, in_memory=True, **kw))
     cached = iter(SuperBatchLoader(split, in_memory=True, **kw))  # maps what `mem` decoded
-    assert len(list(split.glob(".decoded-*.npy"))) == 1
+    assert len(list(split.glob(".decoded-*"))) == 1
     stream = iter(SuperBatchLoader(split, in_memory=False, **kw))
     workers = iter(SuperBatchLoader(split, in_memory=False, num_workers=2, **kw))
     for _ in range(23):  # more than two epochs of 10
@@ -279,3 +279,20 @@ def test_global_super_batch_is_the_same_for_any_world_size_and_resumes_across_th
     other = SuperBatchLoader(split, batch_size=50, seed=5, rank=0, world_size=2, progress=False)
     with pytest.raises(JestkitError, match="global super-batch of 120"):
         other.load_state_dict(state)
+
+
+def test_data_benchmark_runs_every_row(tmp_path, capsys):
+    """`jestkit bench data` end to end on a tiny digits pool: every row measured and reported."""
+    from jestkit.benchmarks import data as bench
+
+    out = tmp_path / "r.json"
+    argv = ["--quick", "--dataset", "digits", "--pool-size", "600", "--batch-size", "64"]
+    argv += ["--batches", "2", "--cache-size", "2000", "--json", str(out)]
+    assert bench.main(argv) == 0
+    results = json.loads(out.read_text())
+    assert set(results["loader"]) == {"streaming, 0 workers", "streaming, 2 workers", "in-memory"}
+    assert all(v["examples_per_s"] > 0 for v in results["loader"].values())
+    assert results["run_setup_s"]["first"] > 0 and results["run_setup_s"]["later"] > 0
+    assert results["cache_lookup"]["entries"] == 2000
+    text = capsys.readouterr().out
+    assert "first run (decode, train)" in text and "later runs (derived files)" in text

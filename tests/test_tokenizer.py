@@ -126,3 +126,79 @@ def test_bad_input(tok):
         Tokenizer.from_json("{nope")
     with pytest.raises(JestkitError, match="context_length"):
         Tokenizer.from_json('{"tokenizer": {}}')
+
+
+def _caption_split(d, captions):
+    import numpy as np
+
+    from jestkit.data.shards import SplitWriter
+    from jestkit.data.transforms import encode_png
+
+    w = SplitWriter(d, (1, 4, 4), shard_size=16)
+    for i, c in enumerate(captions):
+        w.write(encode_png(np.full((1, 4, 4), i % 256, np.uint8)), c, {"label": i % 10})
+    w.close()
+    return d
+
+
+def test_split_tokenizer_and_tokens_are_cached_beside_the_split_and_equal_fresh(
+    tmp_path, monkeypatch
+):
+    """Training a run's tokenizer and tokenising the whole split are done once per split: the
+    cached tokenizer and tokens equal fresh ones, other settings or data miss the cache, and a
+    split that cannot be written computes them every time."""
+    from jestkit import runstate
+    from jestkit.data import shards
+
+    d = _caption_split(tmp_path / "s", CAPTIONS)
+    fresh = Tokenizer.train(CAPTIONS, vocab_size=150, context_length=12)
+    first = runstate.split_tokenizer(d, 150, 12)
+    assert first == fresh and len(list(d.glob(".tokenizer-*"))) == 1
+    tokens = runstate.CaptionTokens(d, first)
+    assert torch.equal(tokens.tokens, fresh(CAPTIONS)) and len(list(d.glob(".tokens-*"))) == 1
+
+    def no_work(*a, **k):
+        raise AssertionError("trained or tokenised although it is cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(Tokenizer, "train", no_work)
+        m.setattr(Tokenizer, "__call__", no_work)
+        cached = runstate.split_tokenizer(d, 150, 12)
+        assert cached == fresh
+        again = runstate.CaptionTokens(d, cached)
+        assert torch.equal(again.tokens, tokens.tokens) and again.tokens.dtype == torch.int64
+        uids = shards.build_index(d, progress=False).uids()[::7]
+        assert torch.equal(again(uids), tokens(uids))
+
+    # Other settings are other entries; a different tokenizer does not reuse the tokens.
+    assert Tokenizer.recipe(150, 12) != Tokenizer.recipe(151, 12) != Tokenizer.recipe(151, 13)
+    small = runstate.split_tokenizer(d, 60, 12)
+    assert small == Tokenizer.train(CAPTIONS, vocab_size=60, context_length=12) != fresh
+    assert torch.equal(runstate.CaptionTokens(d, small).tokens, small(CAPTIONS))
+    assert len(list(d.glob(".tokenizer-*"))) == len(list(d.glob(".tokens-*"))) == 2
+
+    # New captions under the same file names: a new key, and the old entries are dropped.
+    other = [c.replace("dark", "deep") for c in CAPTIONS]
+    e = _caption_split(tmp_path / "t", other)
+    for f in e.iterdir():
+        f.replace(d / f.name)
+    retrained = runstate.split_tokenizer(d, 150, 12)
+    assert retrained == Tokenizer.train(other, vocab_size=150, context_length=12) != fresh
+    assert torch.equal(runstate.CaptionTokens(d, retrained).tokens, retrained(other))
+    assert len(list(d.glob(".tokenizer-*"))) == len(list(d.glob(".tokens-*"))) == 1
+
+    # A torn tokens file is recomputed; an unwritable split computes every time.
+    torn = next(d.glob(".tokens-*"))
+    torn.write_bytes(torn.read_bytes()[:100])
+    assert torch.equal(runstate.CaptionTokens(d, retrained).tokens, retrained(other))
+
+    def read_only(path, data):
+        raise OSError(30, "Read-only file system", str(path))
+
+    ro = _caption_split(tmp_path / "ro", CAPTIONS)
+    shards.build_index(ro, progress=False)  # its index is cached while writable
+    monkeypatch.setattr(shards, "atomic_write", read_only)
+    for _ in range(2):
+        assert runstate.split_tokenizer(ro, 150, 12) == fresh
+        assert torch.equal(runstate.CaptionTokens(ro, fresh).tokens, fresh(CAPTIONS))
+    assert not [p for p in ro.iterdir() if p.name.startswith((".tokenizer", ".tokens"))]

@@ -10,7 +10,7 @@ Nothing here prepares data or trains another model: the stages did (:mod:`jestki
 from __future__ import annotations
 
 import sys
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,6 @@ from jestkit.data import (
     load_manifest,
     uid_to_int,
 )
-from jestkit.data.loader import read_captions
 from jestkit.distributed import World, rank_device, wrap_model
 from jestkit.distributed_selection import DistributedSelector
 from jestkit.errors import JestkitError, check
@@ -65,6 +64,28 @@ def batch_sizes(cfg: RunConfig) -> tuple[int, int]:
     return b, super_batch_size(b, cfg.selection.filter_ratio)
 
 
+def split_tokenizer(split_dir: Path, vocab_size: int, context_length: int) -> Tokenizer:
+    """The BPE tokenizer trained on a split's captions, cached beside the split: training is
+    deterministic, so every run on the same data and settings would train this same one."""
+    index = build_index(split_dir, progress=False)
+    path = index.derived("tokenizer", Tokenizer.recipe(vocab_size, context_length), ".json")
+    if path is not None and path.exists():
+        with suppress(OSError, JestkitError):
+            return Tokenizer.from_json(path.read_text(encoding="utf-8"))
+    tokenizer = Tokenizer.train(index.read_captions(), vocab_size, context_length)
+    index.save_derived(path, tokenizer.to_json())
+    return tokenizer
+
+
+def _load_npy(path: Path | None, shape: tuple[int, ...], dtype: type) -> np.ndarray | None:
+    """A cached array of this shape and dtype, or None (absent, torn or from another version)."""
+    try:
+        a = np.load(path) if path is not None else None
+    except (OSError, ValueError):
+        return None
+    return a if a is not None and a.shape == shape and a.dtype == dtype else None
+
+
 class CaptionTokens:
     """Every caption of a split tokenised once, looked up by uid (vectorised).
 
@@ -74,7 +95,17 @@ class CaptionTokens:
 
     def __init__(self, split_dir: Path, tokenizer: Tokenizer):
         index = build_index(split_dir, progress=False)
-        self.tokens = tokenizer(index.read_captions())
+        # Cached beside the split for jestkit's tokenizer, whose JSON is all it depends on (a
+        # factory's tokenizer is the user's code: tokenised afresh).
+        mine = isinstance(tokenizer, Tokenizer)
+        path = index.derived("tokens", tokenizer.to_json(), ".npy") if mine else None
+        cached = _load_npy(path, (len(index), tokenizer.context_length), np.int32)
+        if cached is not None:
+            self.tokens = torch.from_numpy(cached.astype(np.int64))
+        else:
+            self.tokens = tokenizer(index.read_captions())
+            if mine:
+                index.save_derived(path, self.tokens.numpy().astype(np.int32))
         self.order = np.argsort(index.uid, kind="stable")
         self.sorted_uids = index.uid[self.order]
 
@@ -213,10 +244,8 @@ class RunState:
         elif is_factory(cfg.model.name):  # your own open_clip-style model, with its tokenizer
             model, tokenizer = create_factory_model(cfg.model.name)
         else:
-            tokenizer = Tokenizer.train(
-                read_captions(inputs.train_dir),
-                vocab_size=cfg.model.vocab_size,
-                context_length=cfg.model.context_length,
+            tokenizer = split_tokenizer(
+                inputs.train_dir, cfg.model.vocab_size, cfg.model.context_length
             )
             model = create_model(
                 cfg.model.name,

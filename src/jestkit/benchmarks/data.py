@@ -7,7 +7,10 @@
 Loader rows time ``--batches`` super-batches of N after one warm-up batch (construction, indexing
 and worker start-up excluded; they are listed as one-time costs): streaming from the tars with 0
 and ``--workers`` DataLoader workers, and the in-memory backend (a gather from the decoded array).
-Cache rows time ``ReferenceCache.lookup`` of random super-batches of N uids (float16 memmap ->
+Set-up rows time what a run does with the split before its first step (the in-memory loader, the
+tokenizer trained on the captions, every caption tokenised) as the first run on a split does it
+(the files derived from the split removed first; with ``--data`` that means yours, which the next
+run writes again) and as later runs do (from those files). Cache rows time ``ReferenceCache.lookup`` of random super-batches of N uids (float16 memmap ->
 float32 tensors) against a Python dict of per-uid rows, the obvious alternative.
 """
 
@@ -25,9 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from jestkit.config import ModelSpec
 from jestkit.data import ReferenceCache, SuperBatchLoader, fashion_available, prepare_dataset
 from jestkit.data.shards import build_index
 from jestkit.data.uids import int_to_uid
+from jestkit.runstate import CaptionTokens, split_tokenizer
 
 
 def _time_loader(split: Path, n: int, batches: int, **kw: Any) -> tuple[float, float]:
@@ -43,6 +48,22 @@ def _time_loader(split: Path, n: int, batches: int, **kw: Any) -> tuple[float, f
     t2 = time.perf_counter()
     del it
     return t1 - t0, batches * n / (t2 - t1)
+
+
+DERIVED = (".decoded-", ".captions-", ".tokenizer-", ".tokens-")  # beside the index
+
+
+def _time_setup(split: Path, n: int, first: bool) -> float:
+    """Seconds a run spends on the split before its first step; `first`: with nothing derived."""
+    if first:
+        for p in split.iterdir():
+            if p.name.startswith(DERIVED):
+                p.unlink()
+    spec = ModelSpec()
+    t0 = time.perf_counter()
+    SuperBatchLoader(split, batch_size=n, seed=0, in_memory=True, progress=False)
+    CaptionTokens(split, split_tokenizer(split, spec.vocab_size, spec.context_length))
+    return time.perf_counter() - t0
 
 
 def _time_lookup(
@@ -156,6 +177,16 @@ def run(args: argparse.Namespace) -> int:
         results["loader"] = {
             name: {"examples_per_s": rate, "setup_s": setup} for name, rate, setup in rows
         }
+
+        setup = {"first": [], "later": []}
+        for _ in range(2):  # alternated; the best of two each
+            for kind in setup:
+                setup[kind].append(_time_setup(split, n, first=kind == "first"))
+        first, later = min(setup["first"]), min(setup["later"])
+        print(f"\n{'run set-up on the split':<28} {'seconds':>12} {'vs first':>15}")
+        print(f"{'first run (decode, train)':<28} {first:>12.2f} {1.0:>14.2f}x")
+        print(f"{'later runs (derived files)':<28} {later:>12.2f} {first / later:>14.2f}x")
+        results["run_setup_s"] = {"first": first, "later": later}
 
         rng = np.random.default_rng(0)
         ids = np.unique(rng.integers(0, 2**63, size=cache_size, dtype=np.int64).astype(np.uint64))

@@ -518,7 +518,7 @@ class ShardIndex:
 
     def read_captions(self) -> list[str]:
         """Every caption, without decoding images."""
-        if self.cache_key and (cached := self._cached_captions()) is not None:
+        if (cached := self._cached_captions()) is not None:
             return cached
         out = []
         for s, t, n in zip(
@@ -530,38 +530,49 @@ class ShardIndex:
     def read_all(self, progress: bool = False) -> tuple[np.ndarray, list[str]]:
         """Every good record: images ``uint8 [n, C, H, W]`` and captions (the in-memory backend).
 
-        A cached index also keeps the decoded split beside it (``.decoded-<key>.npy`` and
-        ``.captions-<key>.json``), so that later runs on the same data memory-map it read-only
-        instead of decoding every PNG again, and concurrent runs share its pages. A split that
-        cannot be written (read-only, full disk) is decoded each time.
+        A cached index also keeps the decoded split beside it (see :meth:`derived`), so that later
+        runs on the same data memory-map it read-only instead of decoding every PNG again, and
+        concurrent runs share its pages. A split that cannot be written decodes each time.
         """
-        if not self.cache_key:
-            return self._decode_all(progress)
-        images_path, captions_path = self._decoded_paths()
-        cached = self._load_decoded(images_path)
-        if cached is not None:
+        images_path = self.derived("decoded", suffix=".npy")
+        if images_path is not None and (cached := self._cached_decoded(images_path)) is not None:
             return cached
         images, captions = self._decode_all(progress)
-        try:
-            atomic_write(captions_path, json.dumps(captions, ensure_ascii=False))
-            atomic_write(images_path, lambda tmp: _save_npy(tmp, images))
-        except OSError:
-            return images, captions
-        keep = (images_path, captions_path)  # one decoded copy per split: drop older keys
-        for stale in [*self.split_dir.glob(".decoded-*"), *self.split_dir.glob(".captions-*")]:
-            if stale not in keep:
-                with contextlib.suppress(OSError):
-                    stale.unlink()
+        if images_path is not None:
+            self.save_derived(self.derived("captions", suffix=".json"), json.dumps(captions))
+            self.save_derived(images_path, images)
         return images, captions
 
-    def _decoded_paths(self) -> tuple[Path, Path]:
-        return (
-            self.split_dir / f".decoded-{self.cache_key}.npy",
-            self.split_dir / f".captions-{self.cache_key}.json",
-        )
+    def derived(self, kind: str, params: str = "", suffix: str = "") -> Path | None:
+        """Where data derived from this split is cached (its decoded images and captions, a
+        tokenizer trained on them, their tokens): beside the index, under the index's key and a
+        hash of ``params`` (what else the data depends on). None when the index is not cached."""
+        if not self.cache_key:
+            return None
+        tag = hashlib.sha256(params.encode()).hexdigest()[:16]
+        return self.split_dir / f".{kind}-{self.cache_key}-{tag}{suffix}"
 
-    def _load_decoded(self, images_path: Path) -> tuple[np.ndarray, list[str]] | None:
-        """The decoded split cached under this index's key, if present and whole."""
+    def save_derived(self, path: Path | None, data: bytes | str | np.ndarray) -> bool:
+        """Write a :meth:`derived` file atomically (an array as ``.npy``) and drop that kind's
+        files from older versions of the split (other index keys). False where the split cannot
+        be written (read-only, full disk): the caller computes it again next time."""
+        if path is None:
+            return False
+        try:
+            if isinstance(data, np.ndarray):
+                atomic_write(path, lambda tmp: _save_npy(tmp, data))
+            else:
+                atomic_write(path, data)
+        except OSError:
+            return False
+        kind = path.name[1:].split(f"-{self.cache_key}-")[0]
+        for old in self.split_dir.glob(f".{kind}-*"):
+            if not old.name.startswith(f".{kind}-{self.cache_key}-"):
+                with contextlib.suppress(OSError):
+                    old.unlink()
+        return True
+
+    def _cached_decoded(self, images_path: Path) -> tuple[np.ndarray, list[str]] | None:
         try:
             images = np.load(images_path, mmap_mode="r")
         except (OSError, ValueError):  # absent, torn or foreign: decode again
@@ -572,8 +583,9 @@ class ShardIndex:
         return None if captions is None else (images, captions)
 
     def _cached_captions(self) -> list[str] | None:
+        path = self.derived("captions", suffix=".json")
         try:
-            captions = json.loads(self._decoded_paths()[1].read_text(encoding="utf-8"))
+            captions = json.loads(path.read_text(encoding="utf-8")) if path else None
         except (OSError, ValueError):
             return None
         return captions if isinstance(captions, list) and len(captions) == len(self) else None

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import __version__ as tokenizers_version
 from torch import Tensor
 
 from jestkit.errors import JestkitError
@@ -37,6 +38,36 @@ def _check_captions(captions: object, name: str = "captions") -> list[str]:
         if not isinstance(c, str):
             raise JestkitError(f"{name}[{i}]: expected a string, got {type(c).__name__} {c!r:.60}")
     return list(captions)
+
+
+def _untrained(vocab_size: int, min_frequency: int) -> tuple[HFTokenizer, trainers.BpeTrainer]:
+    """The default BPE pipeline and its trainer, before training."""
+    if (
+        isinstance(vocab_size, bool)
+        or not isinstance(vocab_size, int)
+        or vocab_size < len(SPECIAL_TOKENS) + 1
+    ):
+        raise JestkitError(f"vocab_size={vocab_size!r} must be an int >= {len(SPECIAL_TOKENS) + 1}")
+    tok = HFTokenizer(models.BPE(unk_token=UNK))
+    tok.normalizer = normalizers.Sequence(
+        [
+            normalizers.NFKC(),
+            normalizers.Lowercase(),
+            normalizers.Replace(Regex(r"\s+"), " "),
+            normalizers.Strip(),
+        ]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Punctuation(), pre_tokenizers.Metaspace()]
+    )
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        show_progress=False,
+    )
+    return tok, trainer
 
 
 class Tokenizer:
@@ -74,37 +105,11 @@ class Tokenizer:
         The trained vocabulary may be smaller (small corpora) or slightly larger (every character
         seen is kept); ``vocab_size`` on the result is the real size.
         """
-        if (
-            isinstance(vocab_size, bool)
-            or not isinstance(vocab_size, int)
-            or vocab_size < len(SPECIAL_TOKENS) + 1
-        ):
-            raise JestkitError(
-                f"vocab_size={vocab_size!r} must be an int >= {len(SPECIAL_TOKENS) + 1}"
-            )
         if isinstance(captions, str):
             raise JestkitError(
                 f"captions: expected an iterable of strings, got the string {captions!r:.60}"
             )
-        tok = HFTokenizer(models.BPE(unk_token=UNK))
-        tok.normalizer = normalizers.Sequence(
-            [
-                normalizers.NFKC(),
-                normalizers.Lowercase(),
-                normalizers.Replace(Regex(r"\s+"), " "),
-                normalizers.Strip(),
-            ]
-        )
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Punctuation(), pre_tokenizers.Metaspace()]
-        )
-        tok.decoder = decoders.Metaspace()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=list(SPECIAL_TOKENS),
-            show_progress=False,
-        )
+        tok, trainer = _untrained(vocab_size, min_frequency)
         n = 0
 
         def count(it: Iterable[str]) -> Iterable[str]:
@@ -121,6 +126,13 @@ class Tokenizer:
         if n == 0:
             raise JestkitError("captions: no captions to train the tokenizer on")
         return cls(tok, context_length)
+
+    @staticmethod
+    def recipe(vocab_size: int, context_length: int, min_frequency: int = 1) -> str:
+        """Everything `train` depends on besides the captions (the pipeline, the trainer's
+        settings, the `tokenizers` version): with the captions, a key for a trained tokenizer."""
+        tok, trainer = _untrained(vocab_size, min_frequency)
+        return json.dumps([tok.to_str(), repr(trainer), context_length, tokenizers_version])
 
     @property
     def vocab_size(self) -> int:
