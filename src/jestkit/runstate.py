@@ -30,6 +30,7 @@ from jestkit.data import (
     load_manifest,
     uid_to_int,
 )
+from jestkit.data.shards import load_npy
 from jestkit.distributed import World, rank_device, wrap_model
 from jestkit.distributed_selection import DistributedSelector
 from jestkit.errors import JestkitError, check
@@ -77,15 +78,6 @@ def split_tokenizer(split_dir: Path, vocab_size: int, context_length: int) -> To
     return tokenizer
 
 
-def _load_npy(path: Path | None, shape: tuple[int, ...], dtype: type) -> np.ndarray | None:
-    """A cached array of this shape and dtype, or None (absent, torn or from another version)."""
-    try:
-        a = np.load(path) if path is not None else None
-    except (OSError, ValueError):
-        return None
-    return a if a is not None and a.shape == shape and a.dtype == dtype else None
-
-
 class CaptionTokens:
     """Every caption of a split tokenised once, looked up by uid (vectorised).
 
@@ -99,7 +91,7 @@ class CaptionTokens:
         # factory's tokenizer is the user's code: tokenised afresh).
         mine = isinstance(tokenizer, Tokenizer)
         path = index.derived("tokens", tokenizer.to_json(), ".npy") if mine else None
-        cached = _load_npy(path, (len(index), tokenizer.context_length), np.int32)
+        cached = load_npy(path, (len(index), tokenizer.context_length), np.int32)
         if cached is not None:
             self.tokens = torch.from_numpy(cached.astype(np.int64))
         else:

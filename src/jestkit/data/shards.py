@@ -573,11 +573,8 @@ class ShardIndex:
         return True
 
     def _cached_decoded(self, images_path: Path) -> tuple[np.ndarray, list[str]] | None:
-        try:
-            images = np.load(images_path, mmap_mode="r")
-        except (OSError, ValueError):  # absent, torn or foreign: decode again
-            return None
-        if images.shape != (len(self), *self.shape) or images.dtype != np.uint8:
+        images = load_npy(images_path, (len(self), *self.shape), np.uint8, mmap_mode="r")
+        if images is None:
             return None
         captions = self._cached_captions()
         return None if captions is None else (images, captions)
@@ -619,6 +616,17 @@ class ShardIndex:
             bar.update(b - a)
         bar.close()
         return out, captions
+
+
+def load_npy(
+    path: Path | None, shape: tuple[int, ...], dtype: type, mmap_mode: str | None = None
+) -> np.ndarray | None:
+    """A saved array of this shape and dtype, or None (absent, torn or from another version)."""
+    try:
+        a = np.load(path, mmap_mode=mmap_mode) if path is not None else None
+    except (OSError, ValueError):
+        return None
+    return a if a is not None and a.shape == shape and a.dtype == dtype else None
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
