@@ -9,7 +9,7 @@ import statistics
 import pytest
 
 from jestkit.errors import JestkitError
-from jestkit.metrics import read_metrics
+from jestkit.metrics import final_record, read_metrics
 from jestkit.reproduce import SIZES, plan_suite, reproduce, run_config, same_run, select_runs
 
 REQUIRED = ("uniform", "independent-f0.8", "jest-f0.5", "jest-f0.8", "jest-f0.9")
@@ -370,3 +370,82 @@ def test_smoke_suite_ran_the_arms_and_the_reference_strength_ablation(suite):
     selecting = {n for n, m in report["methods"].items() if m["kind"] == "learner"
                  and m["selection"] != "uniform"}  # fmt: skip
     assert {r["method"] for r in report["compute"]["rows"]} == selecting
+
+
+def _group_alive(pgid: int) -> bool:
+    import os
+
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _a_worker(parent: int) -> int:
+    """A pool worker of `parent` (Linux: /proc lists a process's children)."""
+    from pathlib import Path
+
+    for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"spawn_main" in cmdline:
+            return int(pid)
+    raise AssertionError(f"no pool worker among the children of {parent}")
+
+
+@pytest.mark.parametrize("target", ["parent", "group", "worker"])
+def test_sigterm_stops_the_suite_and_its_workers_and_the_suite_resumes_identically(
+    suite, tmp_path, target
+):
+    # SIGTERM to the parent alone (a scheduler, `kill PID`), to its whole process group (a
+    # terminal, `kill -- -PGID`) or to one worker: the suite stops with 130 and no worker outlives
+    # it (they used to go on training the runs queued to them, beside the suite a user restarts);
+    # the same command then ends as if never stopped.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "suite"
+    only = ["uniform", "independent-f0.8", "jest-f0.5", "jest-f0.8", "jest-f0.9"]  # one reference
+    cmd = [sys.executable, "-m", "jestkit.cli", "reproduce", "--smoke", "--out", str(out)]
+    cmd += ["--jobs", "2", "--threads", "2", "--only", *only]  # the fixture's threads per run
+    learners = [
+        r.name for r in select_runs(plan_suite(SIZES["smoke"]), only) if r.kind == "learner"
+    ]
+    assert len(learners) > 3  # runs are queued to the workers beyond the two they train
+    log = open(tmp_path / "log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any((out / "runs" / n / "metrics.jsonl").exists() for n in learners):
+            assert proc.poll() is None and time.monotonic() < deadline, "no learner started"
+            time.sleep(0.05)
+        if target == "parent":
+            proc.send_signal(signal.SIGTERM)
+        elif target == "group":
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            os.kill(_a_worker(proc.pid), signal.SIGTERM)
+        returncode = proc.wait(timeout=120)
+        deadline = time.monotonic() + 5  # the workers were joined; the resource tracker follows
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _group_alive(proc.pid), "a worker outlived the stopped suite"
+        assert returncode == 130
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    text = (tmp_path / "log").read_text()
+    assert "stopping" in text and "interrupted" in text, text
+    if target != "group":
+        return  # resuming is the same after each
+    assert any(final_record(out / "runs" / n) is None for n in learners)  # it stopped early
+    assert subprocess.run(cmd, capture_output=True, timeout=600).returncode == 0
+    reference_out, _ = suite
+    for name in learners:
+        got = read_metrics(out / "runs" / name / "metrics.jsonl")[-1]
+        want = read_metrics(reference_out / "runs" / name / "metrics.jsonl")[-1]
+        assert got == want, name

@@ -24,13 +24,17 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import json
+import multiprocessing
 import os
 import re
+import signal
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -602,18 +606,91 @@ def run_config(spec: RunSpec, size: SuiteSize, suite: Path) -> RunConfig:
     return validate(cfg)
 
 
+class _SuiteStopped(Exception):
+    """A run came back stopped by a signal (or was not started after one): the suite stops."""
+
+
+# Set in a pool worker once a SIGTERM/SIGINT reached it: it starts no further run. Without this a
+# worker that checkpointed its run on a signal would go on to the runs already queued to it.
+_worker_stopping = False
+_worker_in_run = False
+
+
+def _worker_init() -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _worker_signal)
+
+
+def _worker_signal(signum: int, frame: Any) -> None:
+    # During a run's training loop train() has its own handler (checkpoint, then return); this one
+    # sees a signal between runs, or while a run is being set up, which is then abandoned.
+    global _worker_stopping
+    _worker_stopping = True
+    if _worker_in_run:
+        raise KeyboardInterrupt
+
+
 def _train_one(spec: dict[str, Any], size: dict[str, Any], suite: str, threads: int) -> dict:
     """Worker entry point: one run, resumed if it was interrupted."""
-    import torch
-
-    torch.set_num_threads(threads)
-    from jestkit.train import train
-
+    global _worker_stopping, _worker_in_run
     spec_, size_ = RunSpec(**spec), SuiteSize(**size)
-    cfg = run_config(spec_, size_, Path(suite))
+    if _worker_stopping:
+        return {"name": spec_.name, "stopped": True, "seconds": 0.0}
     t0 = time.perf_counter()
-    final = train(cfg, Path(suite) / spec_.dir, resume="latest")
-    return {"name": spec_.name, "final": final, "seconds": time.perf_counter() - t0}
+    _worker_in_run = True
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        from jestkit.train import train
+
+        cfg = run_config(spec_, size_, Path(suite))
+        final = train(cfg, Path(suite) / spec_.dir, resume="latest")
+    finally:
+        _worker_in_run = False
+    if final.get("interrupted"):
+        _worker_stopping = True
+    seconds = time.perf_counter() - t0
+    return {"name": spec_.name, "final": final, "seconds": seconds, "stopped": _worker_stopping}
+
+
+def _result(result: dict[str, Any]) -> dict[str, Any]:
+    if result.get("stopped"):
+        raise _SuiteStopped(result["name"])
+    return result
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _stop_on_signals(pool: Executor, bar: Any) -> Iterator[None]:
+    """SIGTERM stops the suite as Ctrl-C does, and so does a worker that was signalled: no run
+    starts after it, every running run checkpoints and the workers exit, so that the same command
+    resumes the suite. (Left to the defaults, a SIGTERM killed only this process, and its workers
+    went on training the runs queued to them, beside the suite a user restarts.)"""
+    old = None
+    with contextlib.suppress(ValueError):  # signals can only be caught in the main thread
+        old = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    except (KeyboardInterrupt, _SuiteStopped):
+        bar.close()
+        print(
+            "reproduce: stopping: every running run saves a checkpoint; "
+            "the same command resumes the suite",
+            file=sys.stderr,
+        )
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in multiprocessing.active_children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGTERM)
+        pool.shutdown(wait=True)
+        raise KeyboardInterrupt from None
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 def _publish_reference(spec: RunSpec, suite: Path, pool_dir: Path) -> None:
@@ -732,14 +809,15 @@ def reproduce(
     )
     t0 = time.perf_counter()
     ctx = get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init)
+    with pool, _stop_on_signals(pool, bar):
         # References first: every learner that scores needs one.
         refs = [r for r in todo if r.kind == "reference"]
         futures = [
             pool.submit(_train_one, asdict(r), asdict(size), str(suite), threads) for r in refs
         ]
         for fut in as_completed(futures):
-            result = fut.result()
+            result = _result(fut.result())
             bar.set_postfix_str(f"{result['name']} {result['seconds']:.0f}s")
             bar.update(1)
         used = {r.reference for r in runs if r.reference}
@@ -753,7 +831,7 @@ def reproduce(
             pool.submit(_train_one, asdict(r), asdict(size), str(suite), threads) for r in learners
         ]
         for fut in as_completed(futures):
-            result = fut.result()
+            result = _result(fut.result())
             metric = result["final"].get(TARGET_METRIC)
             bar.set_postfix_str(
                 f"{result['name']} R@1={metric:.3f} {result['seconds']:.0f}s"
