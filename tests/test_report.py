@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -616,6 +617,12 @@ def test_bias_ablation_pairs_each_method_with_its_default_twin(full):
     assert "## Bias-initialisation ablation" in (full[0] / "report.md").read_text()
 
 
+def assert_no_unrounded_numbers(md: str) -> None:
+    """A report is read by people: no number printed with Python's full float repr."""
+    raw = re.findall(r"\d\.\d{6,}", md)
+    assert not raw, raw
+
+
 def test_scorer_ablation_against_the_full_scoring_run(tmp_path):
     specs = {k: SPECS[k] for k in ("reference-curated", "uniform", "jest-f0.8")}
     specs["jest-f0.8-proxy"] = dict(
@@ -633,7 +640,11 @@ def test_scorer_ablation_against_the_full_scoring_run(tmp_path):
     diffs = [a - b for a, b in zip(cheap, full_, strict=True)]
     assert row["gap"]["gap"] == pytest.approx(mean(diffs))
     assert row["gap"]["gap_std"] == pytest.approx(std(diffs))
-    assert "## Cheap scoring" in (root / "report.md").read_text()
+    md = (root / "report.md").read_text()
+    assert "## Cheap scoring" in md
+    steps = f"| {row['steps_to_target']:.0f} / {row['compare_steps_to_target']:.0f} |"
+    assert steps in md
+    assert_no_unrounded_numbers(md)
     # Tagged: no claim picks it as the main jest-f0.8 method.
     assert all("jest-f0.8-proxy" not in c["methods"] for c in report["claims"])
 
@@ -908,7 +919,7 @@ def test_markdown_shows_interval_and_verdict_beside_every_claim(full):
 def test_regime_section_reports_pool_passes_per_learner(tmp_path):
     root = make_suite(tmp_path, SPECS)
     suite = json.loads((root / "suite.json").read_text())
-    pool = 4000
+    pool = 3000  # a pool that makes every pass count a repeating decimal
     suite["regime"] = {"pool_size": pool, "imperfect_share": 0.5, "noise_share": {"junk": 0.5},
                        "twin_group_mates": 39.0, "batch_size": 256, "filter_ratio": 0.8,
                        "super_batch": 1280, "near_twins_per_example": 12.5}  # fmt: skip
@@ -921,6 +932,8 @@ def test_regime_section_reports_pool_passes_per_learner(tmp_path):
         assert passes[method] == pytest.approx(5 * spec["batch_size"] * spec["steps"] / pool)
     md = (root / "report.md").read_text()
     assert "## Regime" in md and "12.50 per example in a random super-batch of 1280" in md
+    assert f"(uniform: {passes['uniform']:.1f})" in md
+    assert_no_unrounded_numbers(md)
     suite.pop("regime")
     (root / "suite.json").write_text(json.dumps(suite))
     assert build_report(root, plots=False)["regime"] is None  # an older suite: no section

@@ -336,7 +336,7 @@ def _regime(r: dict[str, Any]) -> list[str]:
     passes = r.get("pool_passes") or {}
     spread = (
         f"{min(passes.values()):.1f}-{max(passes.values()):.1f} (uniform: "
-        f"{_cell(passes.get('uniform'))})"
+        f"{_cell(passes.get('uniform'), '.1f')})"
         if passes
         else "-"
     )
@@ -522,6 +522,6 @@ def _scorers(rows: list[dict[str, Any]]) -> list[str]:
             f"{_cell(r.get('compare_noisy_selected_frac'), '.3f')} "
             f"| {_cell(r.get('score_flops_ratio'), '.2f')} | {_cell(r.get('total_flops_ratio'), '.2f')} "
             f"| {_cell(r.get('step_time_ratio'), '.2f')} "
-            f"| {_cell(r['steps_to_target'])} / {_cell(r.get('compare_steps_to_target'))} |"
+            f"| {_cell(r['steps_to_target'], '.0f')} / {_cell(r.get('compare_steps_to_target'), '.0f')} |"
         )
     return [*lines, ""]
