@@ -31,7 +31,9 @@ LONG = ["train.steps=200", "train.checkpoint_every=20", "train.eval_every=100"]
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1"}
+    # PYTHONFAULTHANDLER: a rank killed by a fatal signal (SIGABRT, SIGSEGV) prints every thread's
+    # Python stack into the output a failing assertion shows, so a rare crash can be located.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
 
 
 def _torchrun(
