@@ -4,7 +4,14 @@ caches -> every method -> report, and an interrupted suite that continues where 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +24,6 @@ REQUIRED = ("uniform", "independent-f0.8", "jest-f0.5", "jest-f0.8", "jest-f0.9"
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
-    import os
 
     old = os.environ.get("JESTKIT_CACHE")
     os.environ["JESTKIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
@@ -124,7 +130,6 @@ def test_an_interrupted_suite_continues(suite, monkeypatch):
     out, report = suite
     # Lose one finished run entirely and cut another back to its first checkpoint's metrics:
     # the rerun redoes exactly those and leaves every other run's files untouched.
-    import shutil
 
     untouched = out / "runs" / "jest-f0.5-s0" / "metrics.jsonl"
     before = untouched.stat().st_mtime_ns
@@ -373,7 +378,6 @@ def test_smoke_suite_ran_the_arms_and_the_reference_strength_ablation(suite):
 
 
 def _group_alive(pgid: int) -> bool:
-    import os
 
     try:
         os.killpg(pgid, 0)
@@ -384,7 +388,6 @@ def _group_alive(pgid: int) -> bool:
 
 def _a_worker(parent: int) -> int:
     """A pool worker of `parent` (Linux: /proc lists a process's children)."""
-    from pathlib import Path
 
     for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -401,11 +404,6 @@ def test_sigterm_stops_the_suite_and_its_workers_and_the_suite_resumes_identical
     # terminal, `kill -- -PGID`) or to one worker: the suite stops with 130 and no worker outlives
     # it (they used to go on training the runs queued to them, beside the suite a user restarts);
     # the same command then ends as if never stopped.
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
 
     out = tmp_path / "suite"
     only = ["uniform", "independent-f0.8", "jest-f0.5", "jest-f0.8", "jest-f0.9"]  # one reference

@@ -660,10 +660,6 @@ def _result(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 @contextlib.contextmanager
 def _stop_on_signals(pool: Executor, bar: Any) -> Iterator[None]:
     """SIGTERM stops the suite as Ctrl-C does, and so does a worker that was signalled: no run
@@ -672,7 +668,7 @@ def _stop_on_signals(pool: Executor, bar: Any) -> Iterator[None]:
     went on training the runs queued to them, beside the suite a user restarts.)"""
     old = None
     with contextlib.suppress(ValueError):  # signals can only be caught in the main thread
-        old = signal.signal(signal.SIGTERM, _interrupt)
+        old = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         yield
     except (KeyboardInterrupt, _SuiteStopped):
